@@ -1,0 +1,3 @@
+"""charrnn: character-level recurrent language models from the shell."""
+
+__version__ = "0.1.0"

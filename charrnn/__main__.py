@@ -1,0 +1,5 @@
+"""`python -m charrnn`."""
+
+from charrnn.cli import main
+
+main()

@@ -1,0 +1,473 @@
+"""The `charrnn` command line: options -> configs -> one library call -> rich output.
+
+Heavy modules (torch, numpy) are imported inside the commands so `--help` is instant.
+Every CharRNNError becomes `error: <message>` on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from charrnn.errors import CharRNNError
+
+app = typer.Typer(
+    name="charrnn",
+    help="Character-level recurrent language models: train on any text, sample, look inside.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console()
+err = Console(stderr=True)
+
+LN2 = math.log(2)
+
+# Options shared by several commands, declared once.
+RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Folder holding run folders.", envvar="CHARRNN_RUNS_DIR")]
+DataDir = Annotated[Path, typer.Option("--data-dir", help="Folder for corpora and the prepared-data cache.", envvar="CHARRNN_DATA_DIR")]
+Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps (auto = cuda when present).")]
+Encoding = Annotated[str, typer.Option("--encoding", help="Text codec of the file, or 'bytes' for a byte-level vocabulary.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+RunArg = Annotated[Optional[str], typer.Argument(help="Run name, run folder or .pt file (default: the latest run).", show_default=False)]
+
+
+def fail(message: str) -> None:
+    """Print `error: message` on stderr and exit 1."""
+    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The one place where a CharRNNError turns into `error: ...` and exit 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except CharRNNError as exc:
+            fail(str(exc))
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def prepare(
+    corpus: Annotated[str, typer.Argument(help="Text file, or a built-in name: shakespeare.")],
+    encoding: Encoding = "utf-8",
+    data_dir: DataDir = Path("data"),
+    corpus_url: Annotated[Optional[str], typer.Option(help="Download URL for a built-in corpus (mirrors, tests).", envvar="CHARRNN_SHAKESPEARE_URL")] = None,
+) -> None:
+    """Encode a corpus once into the token cache (train does this itself)."""
+    from charrnn.corpus import prepare as prepare_corpus, resolve_corpus
+
+    t0 = time.perf_counter()
+    data = prepare_corpus(resolve_corpus(corpus, data_dir, corpus_url), data_dir, encoding)
+    table = Table(show_header=False, box=None)
+    table.add_row("corpus", str(data.source))
+    table.add_row("characters", f"{len(data.tokens):,}")
+    table.add_row("vocabulary", f"{len(data.vocab)} symbols ({data.tokens.dtype})")
+    table.add_row("sha256", data.sha256)
+    table.add_row("seconds", f"{time.perf_counter() - t0:.2f}")
+    out.print(table)
+
+
+# ---------------------------------------------------------------------------------------
+_MODEL_OPTIONS = ("model", "num_layers", "hidden_size", "embed_size", "dropout", "batch_size", "seq_len",
+                  "lr", "weight_decay", "warmup", "grad_clip", "val_frac", "seed", "encoding")
+
+
+@app.command()
+@handle_errors
+def train(
+    corpus: Annotated[Optional[str], typer.Argument(help="Text file or built-in name (shakespeare). Optional with --resume.", show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Option(help="Run name (folder under --runs-dir). Default: corpus stem + time.")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="Continue this run from its last.pt.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="lstm | gru | rnn | peephole-lstm | gf-rnn | gf-gru | gf-lstm.  [default: lstm]")] = None,
+    num_layers: Annotated[Optional[int], typer.Option("--layers", "--num-layers", help="Recurrent layers.  [default: 2]")] = None,
+    hidden_size: Annotated[Optional[int], typer.Option("--hidden", "--hidden-size", help="Units per layer.  [default: 512]")] = None,
+    embed_size: Annotated[Optional[int], typer.Option("--embed", "--embed-size", help="Embedding size; 0 = same as --hidden.  [default: 0]")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout on embedding, between layers, before the head.  [default: 0]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="B parallel streams.  [default: 32]")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="T characters per truncated-BPTT step.  [default: 100]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak AdamW learning rate.  [default: 0.002]")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay.  [default: 0]")] = None,
+    warmup: Annotated[Optional[float], typer.Option(help="Fraction of the run for linear warm-up.  [default: 0.02]")] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help="Global gradient-norm clip; 0 = off.  [default: 1]")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Stop after this many epochs.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = None,
+    time_budget: Annotated[Optional[str], typer.Option(help="Stop after this long, e.g. 90s, 10m, 1h30m.  [default: 10m if no other stop is given]")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Validate every N steps; 0 = ten times per run.")] = None,
+    log_every: Annotated[Optional[int], typer.Option(help="Log every N steps.  [default: 10]")] = None,
+    val_frac: Annotated[Optional[float], typer.Option(help="Last fraction of the corpus kept for validation.  [default: 0.1]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for weights and dropout.  [default: 1337]")] = None,
+    device: Device = "auto",
+    encoding: Encoding = "utf-8",
+    runs_dir: RunsDir = Path("checkpoints"),
+    data_dir: DataDir = Path("data"),
+    corpus_url: Annotated[Optional[str], typer.Option(help="Download URL for a built-in corpus.", envvar="CHARRNN_SHAKESPEARE_URL")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Train a model on a text file; checkpoints go to RUNS_DIR/NAME/."""
+    import dataclasses
+
+    from charrnn.checkpoint import load_checkpoint
+    from charrnn.config import ModelConfig, TrainConfig, parse_duration
+    from charrnn.corpus import prepare as prepare_corpus, resolve_corpus
+    from charrnn.runs import default_run_name, resolve_checkpoint, run_paths
+
+    given = {k: v for k, v in locals().items() if k in _MODEL_OPTIONS and v is not None}
+    if encoding == "utf-8":
+        given.pop("encoding", None)
+    stops = {"epochs": epochs or 0.0, "max_steps": max_steps or 0,
+             "time_budget": parse_duration(time_budget) if time_budget else 0.0}
+    runtime = {"device": device, **({"eval_every": eval_every} if eval_every is not None else {}),
+               **({"log_every": log_every} if log_every is not None else {})}
+    ckpt = None
+    notice = ""
+    if resume is not None:
+        if name is not None:
+            raise CharRNNError("give either --resume RUN or --name NAME, not both.")
+        if given:
+            raise CharRNNError(
+                f"--resume keeps the run's settings; drop {', '.join('--' + k.replace('_', '-') for k in given)} "
+                "(only stop criteria, --device and logging may change)."
+            )
+        path = resolve_checkpoint(resume, runs_dir, prefer="last")
+        ckpt = load_checkpoint(path)
+        run = run_paths(path.parent.parent, path.parent.name)
+        source = corpus or ckpt.corpus.get("path")
+        if not source:
+            raise CharRNNError("the run does not record its corpus: pass the corpus file.")
+        enc = ckpt.corpus.get("encoding", "utf-8")
+        data = prepare_corpus(resolve_corpus(source, data_dir, corpus_url), data_dir, enc)
+        if data.sha256 != ckpt.corpus.get("sha256"):
+            raise CharRNNError(
+                f"'{data.source}' is not the text run '{run.dir.name}' was trained on (content differs): "
+                "pass the original corpus."
+            )
+        mcfg = ckpt.model_config
+        new_stops = stops if any(stops.values()) else {}
+        tcfg = dataclasses.replace(ckpt.train_config, **new_stops, **runtime)
+    else:
+        if corpus is None:
+            raise CharRNNError("give a corpus to train on, e.g. `charrnn train shakespeare`, or --resume RUN.")
+        data = prepare_corpus(resolve_corpus(corpus, data_dir, corpus_url), data_dir, encoding)
+        run = run_paths(runs_dir, name or default_run_name(str(corpus)))
+        if run.dir.exists() and any(run.dir.iterdir()):
+            raise CharRNNError(f"run '{run.dir}' already exists: pick another --name or continue it with --resume {run.dir.name}.")
+        if not any(stops.values()):
+            stops["time_budget"] = 600.0
+            notice = "no stop criterion given: training for 10m (set --epochs, --max-steps or --time-budget)."
+        model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+        mcfg = ModelConfig(vocab_size=len(data.vocab), **{k: v for k, v in given.items() if k in model_fields})
+        tcfg = TrainConfig(**{k: v for k, v in given.items() if k not in model_fields and k != "encoding"},
+                           **stops, **runtime)
+    corpus_info = {"path": str(Path(data.source).resolve()), "sha256": data.sha256,
+                   "encoding": data.encoding, "chars": int(len(data.tokens))}
+    _run_training(mcfg, tcfg, data, run, corpus_info, ckpt, quiet, notice)
+
+
+def _run_training(mcfg: Any, tcfg: Any, data: Any, run: Any, corpus_info: dict, ckpt: Any, quiet: bool,
+                  notice: str = "") -> None:
+    from tqdm import tqdm
+
+    from charrnn.training import Trainer
+
+    stop = {"signal": 0}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stop["signal"]:  # second request: abort at once (checkpoint files are written atomically)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        stop["signal"] = signum
+        err.print("\nstopping: saving a checkpoint (press Ctrl-C again to abort without saving)")
+
+    bar: Any = None
+    postfix: dict[str, str] = {}
+
+    def on_event(event: dict) -> None:
+        nonlocal bar
+        if quiet:
+            return
+        kind = event["event"]
+        if kind == "start":
+            unit = "step" if event["total_steps"] else "s"
+            total = event["total_steps"] or event["time_budget"]
+            bar = tqdm(total=total, unit=unit, dynamic_ncols=True, file=sys.stderr,
+                       initial=event["step"] if unit == "step" else min(event["time"], total))
+            err.print(f"run {run.dir}  device {event['device']}  {event['steps_per_epoch']} steps/epoch", highlight=False)
+        elif kind == "train" and bar is not None:
+            target = event["step"] if bar.unit == "step" else min(event["time"], bar.total)
+            bar.update(target - bar.n)
+            postfix.update(loss=f"{event['train_loss']:.3f}", cps=f"{event['chars_per_s']:,.0f}")
+            bar.set_postfix(postfix, refresh=False)
+        elif kind == "eval" and bar is not None:
+            postfix["val"] = f"{event['val_loss']:.3f}"
+            bar.set_postfix(postfix, refresh=True)
+        elif kind == "end" and bar is not None:
+            bar.close()
+
+    trainer = Trainer(mcfg, tcfg, data, run, corpus_info, resume=ckpt, on_event=on_event,
+                      should_stop=lambda: bool(stop["signal"]))
+    if notice and not quiet:
+        err.print(notice)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = trainer.run()
+    except KeyboardInterrupt:
+        err.print(f"aborted; the last saved checkpoint is {run.last}")
+        raise typer.Exit(130)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if bar is not None:
+            bar.close()
+    if not quiet:
+        table = Table(title=f"run {run.dir.name}: {result.status}")
+        for col in ("steps", "epochs", "best val nats/char", "best val bits/char", "chars/s", "time"):
+            table.add_column(col, justify="right")
+        table.add_row(f"{result.step:,}", f"{result.step / max(trainer.batcher.steps_per_epoch, 1):.2f}",
+                      _fmt(result.best_val), _fmt(result.best_val / LN2), f"{result.chars_per_s:,.0f}",
+                      f"{result.elapsed:.1f}s")
+        out.print(table)
+        if result.skipped:
+            err.print(f"{result.skipped} step(s) with a non-finite loss were skipped.")
+    if result.status == "interrupted":
+        err.print(f"saved {run.last}; continue with: charrnn train --resume {run.dir.name}")
+        raise typer.Exit(143 if stop["signal"] == signal.SIGTERM else 130)
+    if not quiet:
+        err.print(f"sample with: charrnn sample {run.dir.name}")
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4f}" if math.isfinite(x) else "-"
+
+
+# ---------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def sample(
+    run: RunArg = None,
+    temp: Annotated[float, typer.Option("--temp", "--temperature", help="Softmax temperature; 0 = greedy.")] = 0.8,
+    top_k: Annotated[int, typer.Option(help="Keep only the K most likely characters; 0 = all.")] = 0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling: keep the smallest set with this much probability.")] = 1.0,
+    length: Annotated[int, typer.Option("--length", "-n", help="New characters per sample.")] = 500,
+    prime: Annotated[Optional[str], typer.Option(help="Text to start from (printed first).")] = None,
+    prime_file: Annotated[Optional[str], typer.Option(help="Read the prime from a file; '-' = standard input.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for repeatable samples.")] = None,
+    num_samples: Annotated[int, typer.Option(help="Number of samples, separated by a blank line.")] = 1,
+    stop: Annotated[str, typer.Option(help="End a sample once it produces this string.")] = "",
+    weights: Annotated[str, typer.Option(help="Weights for sampling: fp32 | bf16 | int8.")] = "fp32",
+    device: Device = "cpu",
+    runs_dir: RunsDir = Path("checkpoints"),
+) -> None:
+    """Generate text from a trained run; only the text goes to stdout."""
+    import dataclasses
+
+    from charrnn.config import SampleConfig
+
+    cfg = SampleConfig(temperature=temp, top_k=top_k, top_p=top_p, length=length,
+                       num_samples=num_samples, seed=seed, stop=stop)
+    if prime is not None and prime_file is not None:
+        raise CharRNNError("give --prime or --prime-file, not both.")
+    from charrnn.checkpoint import build_model, load_checkpoint
+    from charrnn.corpus import read_text
+    from charrnn.device import pick_device
+    from charrnn.runs import resolve_checkpoint
+    from charrnn.sampling import generate, make_stepper
+
+    path = resolve_checkpoint(run, runs_dir)
+    if run is None:
+        err.print(f"sampling from {path}", highlight=False)
+    ckpt = load_checkpoint(path)
+    vocab = ckpt.vocab
+    text = read_text(prime_file, "bytes" if vocab.byte_level else "utf-8") if prime_file is not None else (prime or "")
+    vocab.encode(text)  # reject unknown characters before anything is printed
+    model = build_model(ckpt).to(pick_device(device))
+    stepper = make_stepper(model, weights)
+    writer = _StreamWriter(vocab.byte_level)
+    try:
+        for i in range(cfg.num_samples):
+            if i:
+                writer.write("\n\n")
+            writer.write(text)
+            one = dataclasses.replace(cfg, seed=None if cfg.seed is None else cfg.seed + i)
+            generate(model, vocab, text, one, writer.write, stepper)
+        writer.write("\n")
+        writer.flush()
+    except BrokenPipeError:  # `| head` closed the pipe: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(0)
+
+
+class _StreamWriter:
+    """Writes generated text to stdout, flushing at line ends and at least every 50 ms."""
+
+    def __init__(self, byte_level: bool) -> None:
+        self.byte_level = byte_level
+        self.last = time.monotonic()
+
+    def write(self, text: str) -> None:
+        if self.byte_level:
+            sys.stdout.buffer.write(text.encode("latin-1"))
+        else:
+            sys.stdout.write(text)
+        now = time.monotonic()
+        if "\n" in text or now - self.last > 0.05:
+            self.flush()
+            self.last = now
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------------------
+@app.command("eval")
+@handle_errors
+def evaluate_cmd(
+    run: Annotated[str, typer.Argument(help="Run name, run folder or .pt file.")],
+    file: Annotated[str, typer.Argument(help="Text file to score ('-' = standard input).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Parallel streams while scoring.")] = 32,
+    seq_len: Annotated[int, typer.Option(help="Characters per chunk (state is carried across).")] = 256,
+    weights: Annotated[str, typer.Option(help="Weights: fp32 | bf16 | int8.")] = "fp32",
+    device: Device = "auto",
+    runs_dir: RunsDir = Path("checkpoints"),
+) -> None:
+    """Score a text: nats/char, bits/char and perplexity."""
+    import numpy as np
+
+    from charrnn.checkpoint import build_model, load_checkpoint
+    from charrnn.corpus import read_text
+    from charrnn.device import pick_device
+    from charrnn.runs import resolve_checkpoint
+    from charrnn.training import evaluate
+
+    if batch_size < 1 or seq_len < 1:
+        raise CharRNNError("--batch-size and --seq-len must be at least 1.")
+    path = resolve_checkpoint(run, runs_dir)
+    ckpt = load_checkpoint(path)
+    text = read_text(file, "bytes" if ckpt.vocab.byte_level else "utf-8")
+    tokens = np.asarray(ckpt.vocab.encode(text), dtype=np.int64)
+    if len(tokens) < 2:
+        raise CharRNNError(f"'{file}' has {len(tokens)} character(s): at least 2 are needed to score.")
+    dev = pick_device(device)
+    model = build_model(ckpt).to(dev)
+    if weights != "fp32":
+        from charrnn.fastpath import quantize_model  # type: ignore[attr-defined]
+
+        model = quantize_model(model, weights)
+    t0 = time.perf_counter()
+    nats = evaluate(model, tokens, batch_size, seq_len, dev)
+    result = {"checkpoint": str(path), "file": file, "chars": int(len(tokens)), "weights": weights,
+              "nats_per_char": nats, "bits_per_char": nats / LN2, "perplexity": math.exp(nats),
+              "seconds": time.perf_counter() - t0}
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    table = Table(show_header=False, box=None)
+    table.add_row("checkpoint", str(path))
+    table.add_row("characters", f"{len(tokens):,}")
+    table.add_row("nats/char", f"{nats:.4f}")
+    table.add_row("bits/char", f"{nats / LN2:.4f}")
+    table.add_row("perplexity", f"{math.exp(nats):.3f}")
+    out.print(table)
+
+
+# ---------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def runs(runs_dir: RunsDir = Path("checkpoints")) -> None:
+    """List runs, most recent first."""
+    from charrnn.runs import list_runs
+
+    found = list_runs(runs_dir)
+    if not found:
+        err.print(f"no runs in '{runs_dir}' yet: train one with `charrnn train shakespeare`.")
+        return
+    table = Table()
+    for col in ("name", "model", "size", "steps", "best val bpc", "when"):
+        table.add_column(col)
+    for r in found:
+        info = _read_config(r.config)
+        m = info.get("model", {})
+        summary = _summary(r)
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(max(p.stat().st_mtime for p in (r.last, r.best) if p.is_file())))
+        table.add_row(r.dir.name, m.get("model", "?"), f"{m.get('num_layers', '?')}x{m.get('hidden_size', '?')}",
+                      str(summary.get("step", "?")), _fmt(summary.get("best_val", math.inf) / LN2), when)
+    out.print(table)
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _summary(run: Any) -> dict:
+    """Step and best val of a run from its metrics (no torch needed)."""
+    from charrnn.runs import read_metrics
+
+    step, best = 0, math.inf
+    for event in read_metrics(run):
+        step = max(step, int(event.get("step", 0)))
+        if event.get("event") == "eval":
+            best = min(best, float(event["val_loss"]))
+    return {"step": step, "best_val": best}
+
+
+@app.command()
+@handle_errors
+def info(run: RunArg = None, runs_dir: RunsDir = Path("checkpoints")) -> None:
+    """Show one run: model, training settings, progress, best validation loss."""
+    from charrnn.checkpoint import load_checkpoint
+    from charrnn.runs import resolve_checkpoint
+
+    path = resolve_checkpoint(run, runs_dir, prefer="last")
+    ckpt = load_checkpoint(path)
+    params = sum(t.numel() for t in ckpt.model_state.values())
+    p = ckpt.progress
+    table = Table(show_header=False, title=str(path))
+    m = ckpt.model_config
+    table.add_row("model", f"{m.model} {m.num_layers}x{m.hidden_size}, embed {m.embedding_size}, dropout {m.dropout}")
+    table.add_row("parameters", f"{params:,}")
+    table.add_row("vocabulary", f"{len(ckpt.vocab)} {'bytes' if ckpt.vocab.byte_level else 'characters'}")
+    t = ckpt.train_config
+    table.add_row("training", f"B={t.batch_size} T={t.seq_len} lr={t.lr} clip={t.grad_clip} seed={t.seed}")
+    table.add_row("progress", f"step {p.get('step', 0):,}, epoch {p.get('epoch', 0)}, {p.get('elapsed', 0):.1f}s")
+    best = float(p.get("best_val", math.inf))
+    table.add_row("best val", f"{_fmt(best)} nats/char, {_fmt(best / LN2)} bits/char")
+    table.add_row("corpus", f"{ckpt.corpus.get('path', '?')} ({ckpt.corpus.get('chars', '?')} chars)")
+    out.print(table)
+
+
+def _register_extensions() -> None:
+    try:
+        from charrnn.cli_inspect import register
+    except ImportError:
+        return
+    register(app)
+
+
+_register_extensions()
+
+
+def main() -> None:
+    app()

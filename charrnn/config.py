@@ -1,0 +1,141 @@
+"""Every setting of a run, as frozen dataclasses with units and validation.
+
+The CLI builds these from its options; checkpoints store them with `asdict` and
+rebuild them with `from_dict`, which rejects missing or unknown keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from charrnn.errors import CharRNNError
+
+# Recurrent kinds. The fused ones use torch's cuDNN/oneDNN modules.
+FUSED_MODELS = ("lstm", "gru", "rnn")
+MODELS = FUSED_MODELS + ("peephole-lstm", "gf-rnn", "gf-gru", "gf-lstm")
+# Kinds whose state is (h, c) rather than (h,).
+CELL_STATE_MODELS = ("lstm", "peephole-lstm", "gf-lstm")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise CharRNNError(message)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int  # number of distinct symbols (characters or bytes)
+    model: str = "lstm"  # one of MODELS
+    num_layers: int = 2  # stacked recurrent layers
+    hidden_size: int = 512  # units per recurrent layer
+    embed_size: int = 0  # embedding width; 0 means equal to hidden_size
+    dropout: float = 0.0  # on the embedding, between layers and before the head
+
+    def __post_init__(self) -> None:
+        _check(self.model in MODELS, f"unknown model '{self.model}': choose one of {', '.join(MODELS)}.")
+        _check(self.vocab_size >= 1, "the vocabulary is empty: the corpus has no characters.")
+        _check(self.num_layers >= 1, "--layers must be at least 1.")
+        _check(self.hidden_size >= 1, "--hidden must be at least 1.")
+        _check(self.embed_size >= 0, "--embed must be 0 (same as --hidden) or positive.")
+        _check(0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1).")
+
+    @property
+    def embedding_size(self) -> int:
+        return self.embed_size or self.hidden_size
+
+    @property
+    def state_size(self) -> int:
+        """Number of state tensors per layer: 2 (h, c) for LSTM kinds, else 1 (h)."""
+        return 2 if self.model in CELL_STATE_MODELS else 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 32  # B parallel contiguous streams
+    seq_len: int = 100  # T characters per truncated-BPTT step
+    lr: float = 2e-3  # peak learning rate of AdamW
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    warmup: float = 0.02  # fraction of the run spent warming up linearly
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0  # global gradient-norm clip; 0 disables
+    epochs: float = 0.0  # stop after this many passes over the train split; 0 = unset
+    max_steps: int = 0  # stop after this many steps; 0 = unset
+    time_budget: float = 0.0  # stop after this many seconds of training; 0 = unset
+    eval_every: int = 0  # steps between validations; 0 = about ten per run
+    log_every: int = 10  # steps between progress/metrics events
+    val_frac: float = 0.1  # last fraction of the corpus used for validation
+    val_chars: int = 2_000_000  # characters of the val split scored per evaluation; 0 = all
+    seed: int = 1337  # seeds weights, dropout and the stream layout
+    device: str = "auto"  # auto | cpu | cuda | mps
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "--batch-size must be at least 1.")
+        _check(self.seq_len >= 1, "--seq-len must be at least 1.")
+        _check(self.lr > 0, "--lr must be positive.")
+        _check(self.weight_decay >= 0, "--weight-decay must be 0 or positive.")
+        _check(0.0 <= self.warmup < 1.0, "--warmup must be a fraction in [0, 1).")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, "--min-lr-ratio must be in [0, 1].")
+        _check(self.grad_clip >= 0, "--grad-clip must be 0 (off) or positive.")
+        _check(self.epochs >= 0, "--epochs must be positive.")
+        _check(self.max_steps >= 0, "--max-steps must be positive.")
+        _check(self.time_budget >= 0, "--time-budget must be positive.")
+        _check(self.eval_every >= 0, "--eval-every must be 0 (auto) or positive.")
+        _check(self.log_every >= 1, "--log-every must be at least 1.")
+        _check(0.0 < self.val_frac < 1.0, "--val-frac must be in (0, 1).")
+        _check(self.val_chars >= 0, "--val-chars must be 0 (all) or positive.")
+        _check(self.device in DEVICES, f"unknown device '{self.device}': choose {', '.join(DEVICES)}.")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    temperature: float = 0.8  # 0 = greedy (argmax)
+    top_k: int = 0  # keep the k most likely characters; 0 = all
+    top_p: float = 1.0  # nucleus: smallest set with this much probability
+    length: int = 500  # new characters per sample
+    num_samples: int = 1
+    seed: int | None = None  # None = a fresh random seed
+    stop: str = ""  # stop a sample once it ends with this string
+
+    def __post_init__(self) -> None:
+        _check(self.temperature >= 0, "--temp must be 0 (greedy) or positive.")
+        _check(self.top_k >= 0, "--top-k must be 0 (off) or positive.")
+        _check(0.0 < self.top_p <= 1.0, "--top-p must be in (0, 1].")
+        _check(self.length >= 0, "--length must be 0 or positive.")
+        _check(self.num_samples >= 1, "--num-samples must be at least 1.")
+
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], version: int) -> T:
+    """Rebuild a config dataclass stored by `asdict`; unknown or missing keys are errors."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise CharRNNError(
+            f"checkpoint (format {version}) has unknown {cls.__name__} keys {unknown}: "
+            "it was written by another charrnn version."
+        )
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise CharRNNError(f"checkpoint (format {version}) has an incomplete {cls.__name__}: {exc}.")
+
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '10m', '1h30m', '45' (seconds) -> seconds. Raises CharRNNError."""
+    match = _DURATION.match(text.strip().lower())
+    if not text.strip() or not match or not any(match.groups()):
+        raise CharRNNError(f"cannot read duration '{text}': use e.g. 90s, 10m or 1h30m.")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise CharRNNError(f"duration '{text}' must be positive.")
+    return total

@@ -1,0 +1,103 @@
+"""Seeded autoregressive sampling: feed the prime in one pass, then one character per step.
+
+Each step turns the last logits into a distribution (temperature, top-k,
+top-p), draws one symbol with a seeded generator, and feeds it back.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from charrnn.config import SampleConfig
+from charrnn.errors import CharRNNError
+from charrnn.model import CharRNN, State
+from charrnn.vocab import Vocab
+
+
+class ModelStepper:
+    """Plain stepping through the model's own forward; the fast path replaces it where it exists."""
+
+    def __init__(self, model: CharRNN) -> None:
+        self.model = model
+
+    def prefill(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        logits, state = self.model(x, state)  # (B, T, V)
+        return logits[:, -1], state
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        logits, state = self.model(x[:, None], state)
+        return logits[:, 0], state
+
+
+def make_stepper(model: CharRNN, weights: str = "fp32"):
+    """The fastest available stepper for `model` (see charrnn.fastpath)."""
+    try:
+        from charrnn.fastpath import build_stepper
+    except ImportError:
+        if weights != "fp32":
+            raise CharRNNError(f"--weights {weights} is not available in this build: use --weights fp32.")
+        return ModelStepper(model)
+    return build_stepper(model, weights)
+
+
+def pick_next(logits: Tensor, cfg: SampleConfig, generator: torch.Generator) -> Tensor:
+    """logits (B, V) -> next ids (B,). Temperature 0 is greedy."""
+    if cfg.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / cfg.temperature
+    if cfg.top_k and cfg.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a symbol when the mass before it already reaches top_p (the first always stays).
+        drop = (probs.cumsum(dim=-1) - probs) >= cfg.top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def default_prime(vocab: Vocab) -> str:
+    """A newline when the vocabulary has one (text starts at a line), else its first symbol."""
+    return "\n" if "\n" in vocab.chars else vocab.chars[0]
+
+
+@torch.inference_mode()
+def generate(
+    model: CharRNN,
+    vocab: Vocab,
+    prime: str,
+    cfg: SampleConfig,
+    emit: Callable[[str], None],
+    stepper=None,
+) -> str:
+    """Generate `cfg.length` characters after `prime`, passing each to `emit` as it comes.
+
+    Returns the generated text (without the prime). Stops early once the text
+    ends with `cfg.stop`. Raises CharRNNError for characters outside the vocab.
+    """
+    ids = vocab.encode(prime or default_prime(vocab))
+    seed = cfg.seed if cfg.seed is not None else int(torch.seed() % (2**63))
+    generator = torch.Generator().manual_seed(seed)
+    stepper = stepper or ModelStepper(model)
+    device = model.head.weight.device
+    state = model.init_state(1, device)
+    logits, state = stepper.prefill(torch.tensor([ids], device=device), state)
+    out: list[str] = []
+    tail = ""
+    for _ in range(cfg.length):
+        nxt = pick_next(logits.float().cpu(), cfg, generator)
+        ch = vocab.chars[int(nxt[0])]
+        out.append(ch)
+        emit(ch)
+        if cfg.stop:
+            tail = (tail + ch)[-len(cfg.stop) :]
+            if tail == cfg.stop:
+                break
+        logits, state = stepper.step(nxt.to(device), state)
+    return "".join(out)

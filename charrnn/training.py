@@ -1,0 +1,330 @@
+"""The training loop: truncated BPTT over contiguous streams, AdamW, warm-up + cosine,
+gradient clipping, periodic validation and checkpoints, exact resume.
+
+Progress is reported through `on_event(dict)`; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charrnn.batching import StreamBatcher, eval_chunks
+from charrnn.checkpoint import Checkpoint, save_checkpoint
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.corpus import Prepared, split
+from charrnn.device import pick_device
+from charrnn.errors import CharRNNError
+from charrnn.model import CharRNN, State, detach_state
+from charrnn.runs import RunPaths
+
+MAX_BAD_STEPS = 10  # consecutive non-finite steps before the run stops
+EVALS_PER_RUN = 10  # automatic validation cadence when --eval-every is 0
+
+Event = dict[str, Any]
+
+
+@dataclass
+class TrainResult:
+    status: str  # "done" | "interrupted"
+    step: int
+    epoch: int
+    best_val: float
+    last_val: float
+    elapsed: float  # seconds of training, summed over resumes
+    chars_per_s: float
+    skipped: int
+    run: RunPaths
+
+
+def lr_at(cfg: TrainConfig, progress: float) -> float:
+    """Linear warm-up over the first `warmup` of the run, then cosine down to min_lr_ratio."""
+    if cfg.warmup > 0 and progress < cfg.warmup:
+        return cfg.lr * max(progress / cfg.warmup, 1e-3)
+    span = max(1.0 - cfg.warmup, 1e-9)
+    q = min(max((progress - cfg.warmup) / span, 0.0), 1.0)
+    return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * q)))
+
+
+@torch.no_grad()
+def evaluate(model: CharRNN, tokens: np.ndarray, batch_size: int, seq_len: int, device: torch.device) -> float:
+    """Mean cross-entropy (nats/char) over `tokens`, state carried across chunks."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    state: State | None = None
+    for x, y in eval_chunks(tokens, batch_size, seq_len):
+        xb = torch.from_numpy(x).to(device)
+        yb = torch.from_numpy(y).to(device)
+        if state is None:
+            state = model.init_state(xb.shape[0], device)
+        logits, state = model(xb, state)
+        total += F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="sum").item()
+        count += yb.numel()
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def _set_rng_state(rng: dict[str, Any], device: torch.device) -> None:
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], device)
+
+
+class Trainer:
+    """One training run: build or restore, then `run()` until a stop criterion or a stop request."""
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        train_cfg: TrainConfig,
+        data: Prepared,
+        run: RunPaths,
+        corpus_info: dict[str, Any],
+        resume: Checkpoint | None = None,
+        on_event: Callable[[Event], None] = lambda e: None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        if not (train_cfg.epochs or train_cfg.max_steps or train_cfg.time_budget):
+            raise CharRNNError("no stop criterion: give --epochs, --max-steps or --time-budget.")
+        self.mcfg, self.cfg, self.run_paths = model_cfg, train_cfg, run
+        self.on_event, self.should_stop = on_event, should_stop
+        self.vocab = data.vocab
+        self.corpus_info = corpus_info
+        self.device = pick_device(train_cfg.device)
+        train_tokens, val_tokens = split(data.tokens, train_cfg.val_frac)
+        if len(val_tokens) < 2:
+            raise CharRNNError(
+                f"the validation split has {len(val_tokens)} characters: use a longer corpus or a larger --val-frac."
+            )
+        self.val_tokens = val_tokens[: train_cfg.val_chars] if train_cfg.val_chars else val_tokens
+        self.batcher = StreamBatcher(train_tokens, train_cfg.batch_size, train_cfg.seq_len)
+        self.total_steps = 0
+        if train_cfg.max_steps:
+            self.total_steps = train_cfg.max_steps
+        if train_cfg.epochs:
+            by_epochs = math.ceil(train_cfg.epochs * self.batcher.steps_per_epoch)
+            self.total_steps = min(self.total_steps or by_epochs, by_epochs)
+
+        torch.manual_seed(train_cfg.seed)
+        self.model = CharRNN(model_cfg).to(self.device)
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": train_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=train_cfg.lr,
+            betas=(0.9, 0.99),
+        )
+        self.step = self.epoch = self.cursor = self.skipped = 0
+        self.elapsed = 0.0
+        self.best_val = self.last_val = math.inf
+        self.last_eval_step = -1
+        self.state = self.model.init_state(train_cfg.batch_size, self.device)
+        if resume is not None:
+            self._restore(resume)
+
+    # -- state ---------------------------------------------------------------------------
+    def _restore(self, ckpt: Checkpoint) -> None:
+        self.model.load_state_dict(ckpt.model_state)
+        if ckpt.optimizer_state is not None:
+            self.optimizer.load_state_dict(ckpt.optimizer_state)
+        p = ckpt.progress
+        self.step, self.epoch, self.cursor = int(p["step"]), int(p["epoch"]), int(p["cursor"])
+        self.elapsed = float(p["elapsed"])
+        self.skipped = int(p.get("skipped", 0))
+        self.best_val = float(p.get("best_val", math.inf))
+        self.last_val = float(p.get("last_val", math.inf))
+        if ckpt.hidden is not None and all(h.shape[1] == self.cfg.batch_size for h in ckpt.hidden):
+            self.state = tuple(h.to(self.device) for h in ckpt.hidden)
+        _set_rng_state(ckpt.rng, self.device)
+
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(
+            model_config=self.mcfg,
+            train_config=self.cfg,
+            vocab=self.vocab,
+            model_state=self.model.state_dict(),
+            optimizer_state=self.optimizer.state_dict(),
+            progress={
+                "step": self.step,
+                "epoch": self.epoch,
+                "cursor": self.cursor,
+                "elapsed": self.elapsed,
+                "best_val": self.best_val,
+                "last_val": self.last_val,
+                "skipped": self.skipped,
+                "steps_per_epoch": self.batcher.steps_per_epoch,
+                "total_steps": self.total_steps,
+            },
+            hidden=detach_state(self.state),
+            rng=_rng_state(self.device),
+            corpus=self.corpus_info,
+        )
+
+    def save(self, best: bool = False) -> None:
+        ckpt = self.checkpoint()
+        save_checkpoint(ckpt, self.run_paths.last)
+        if best:
+            save_checkpoint(ckpt, self.run_paths.best)
+        self._emit({"event": "checkpoint", "path": str(self.run_paths.last), "best": best})
+
+    def write_config(self) -> None:
+        self.run_paths.dir.mkdir(parents=True, exist_ok=True)
+        info = {
+            "model": dataclasses.asdict(self.mcfg),
+            "train": dataclasses.asdict(self.cfg),
+            "corpus": self.corpus_info,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "steps_per_epoch": self.batcher.steps_per_epoch,
+            "device": str(self.device),
+        }
+        self.run_paths.config.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+    def _emit(self, event: Event) -> None:
+        event = {"time": round(self.elapsed, 3), **event}
+        if event["event"] in ("train", "eval", "start", "end", "skip"):
+            with open(self.run_paths.metrics, "a", encoding="utf-8") as f:
+                f.write(json.dumps(event) + "\n")
+        self.on_event(event)
+
+    # -- loop ----------------------------------------------------------------------------
+    def progress(self) -> float:
+        """Fraction of the run done, by steps or by time, whichever is further."""
+        parts = []
+        if self.total_steps:
+            parts.append(self.step / self.total_steps)
+        if self.cfg.time_budget:
+            parts.append(self.elapsed / self.cfg.time_budget)
+        return min(max(parts), 1.0)
+
+    def _validate(self) -> float:
+        val = evaluate(self.model, self.val_tokens, self.cfg.batch_size, self.cfg.seq_len, self.device)
+        improved = val < self.best_val
+        self.last_val = val
+        self.last_eval_step = self.step
+        if improved:
+            self.best_val = val
+        self._emit(
+            {"event": "eval", "step": self.step, "epoch": self.epoch, "val_loss": val,
+             "val_bpc": val / math.log(2), "best_val": self.best_val}
+        )
+        self.save(best=improved)
+        return val
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        self.write_config()
+        self._emit({"event": "start", "step": self.step, "total_steps": self.total_steps,
+                    "time_budget": cfg.time_budget, "device": str(self.device),
+                    "steps_per_epoch": self.batcher.steps_per_epoch})
+        self.model.train()
+        params = [p for p in self.model.parameters()]
+        chars_per_step = cfg.batch_size * cfg.seq_len
+        eval_cost = 0.0  # seconds the last validation took, reserved at the end of a time budget
+        next_eval = self._next_eval_mark()
+        window_loss = torch.zeros((), device=self.device)
+        window_steps, window_start, bad_in_row = 0, time.perf_counter(), 0
+        status = "done"
+        clock = time.perf_counter()
+        while not self._finished(eval_cost):
+            if self.should_stop():
+                status = "interrupted"
+                break
+            if self.cursor >= self.batcher.steps_per_epoch:  # epoch wraps: streams restart at their heads
+                self.cursor = 0
+                self.epoch += 1
+                self.state = self.model.init_state(cfg.batch_size, self.device)
+            x, y = self.batcher.batch(self.cursor)
+            xb = torch.from_numpy(x).to(self.device, non_blocking=True)
+            yb = torch.from_numpy(y).to(self.device, non_blocking=True)
+            lr = lr_at(cfg, self.progress())
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            logits, new_state = self.model(xb, self.state)
+            loss = F.cross_entropy(logits.flatten(0, 1), yb.flatten())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            else:
+                grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+            if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):
+                # Never let a non-finite step reach the weights; keep the previous state.
+                self.skipped += 1
+                bad_in_row += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                self._emit({"event": "skip", "step": self.step, "skipped": self.skipped})
+                if bad_in_row >= MAX_BAD_STEPS:
+                    raise CharRNNError(
+                        f"training diverged: {bad_in_row} steps in a row had a non-finite loss or gradient; "
+                        "lower --lr or --grad-clip and resume from the last checkpoint."
+                    )
+            else:
+                bad_in_row = 0
+                self.optimizer.step()
+                self.state = detach_state(new_state)
+                window_loss += loss.detach()
+                window_steps += 1
+            self.step += 1
+            self.cursor += 1
+            now = time.perf_counter()
+            self.elapsed += now - clock
+            clock = now
+            if self.step % cfg.log_every == 0 and window_steps:
+                rate = window_steps * chars_per_step / max(now - window_start, 1e-9)
+                self._emit({"event": "train", "step": self.step, "epoch": self.epoch,
+                            "train_loss": window_loss.item() / window_steps, "lr": lr,
+                            "chars_per_s": rate, "progress": self.progress()})
+                window_loss.zero_()
+                window_steps, window_start = 0, time.perf_counter()
+            if self._due(next_eval):
+                t0 = time.perf_counter()
+                self._validate()
+                eval_cost = time.perf_counter() - t0
+                next_eval = self._next_eval_mark()
+                clock = time.perf_counter()
+                self.elapsed += clock - t0
+                window_start = clock
+        if status == "done" or self.step > 0:
+            t0 = time.perf_counter()
+            if status == "done" and self.last_eval_step != self.step:
+                self._validate()
+            elif status != "done":
+                self.save()
+            self.elapsed += time.perf_counter() - t0
+        rate = self.step * chars_per_step / max(self.elapsed, 1e-9)
+        self._emit({"event": "end", "status": status, "step": self.step, "best_val": self.best_val})
+        return TrainResult(status, self.step, self.epoch, self.best_val, self.last_val,
+                           self.elapsed, rate, self.skipped, self.run_paths)
+
+    def _finished(self, eval_cost: float) -> bool:
+        if self.total_steps and self.step >= self.total_steps:
+            return True
+        return bool(self.cfg.time_budget) and self.elapsed + eval_cost >= self.cfg.time_budget
+
+    def _next_eval_mark(self) -> float:
+        """Next step (with --eval-every) or next progress fraction at which to validate."""
+        if self.cfg.eval_every:
+            return float((self.step // self.cfg.eval_every + 1) * self.cfg.eval_every)
+        return (math.floor(self.progress() * EVALS_PER_RUN + 1e-9) + 1) / EVALS_PER_RUN
+
+    def _due(self, mark: float) -> bool:
+        if self.cfg.eval_every:
+            return self.step >= mark
+        return self.progress() >= mark and self.progress() < 1.0

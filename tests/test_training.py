@@ -1,0 +1,78 @@
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from charrnn.checkpoint import build_model, load_checkpoint
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.corpus import prepare
+from charrnn.runs import RunPaths, read_metrics
+from charrnn.training import Trainer, lr_at
+
+
+def parity_text(n_lines: int, bits: int, seed: int) -> str:
+    """Lines like '01101=N': the label after '=' says whether the count of 1s is even (Y) or odd (N)."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n_lines):
+        s = "".join(rng.choice("01") for _ in range(bits))
+        lines.append(f"{s}={'Y' if s.count('1') % 2 == 0 else 'N'}")
+    return "\n".join(lines) + "\n"
+
+
+def corpus_info(data) -> dict:
+    return {"path": str(data.source), "sha256": data.sha256, "encoding": data.encoding, "chars": len(data.tokens)}
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    cfg = TrainConfig(lr=1e-2, warmup=0.1, min_lr_ratio=0.1, max_steps=100)
+    assert lr_at(cfg, 0.05) == pytest.approx(5e-3)
+    assert lr_at(cfg, 0.1) == pytest.approx(1e-2)
+    assert lr_at(cfg, 1.0) == pytest.approx(1e-3)
+    assert lr_at(cfg, 0.55) == pytest.approx(5.5e-3)
+
+
+def test_small_lstm_learns_parity(tmp_path: Path) -> None:
+    """Memory test: the label depends on every bit of the line, so a model must count to predict it."""
+    path = tmp_path / "parity.txt"
+    path.write_text(parity_text(3000, 4, seed=0), encoding="utf-8")
+    data = prepare(path, tmp_path / "data")
+    mcfg = ModelConfig(vocab_size=len(data.vocab), num_layers=1, hidden_size=48)
+    tcfg = TrainConfig(batch_size=16, seq_len=35, lr=1e-2, max_steps=700, eval_every=10_000, device="cpu", seed=1)
+    run = RunPaths(tmp_path / "run")
+    Trainer(mcfg, tcfg, data, run, corpus_info(data)).run()
+    model = build_model(load_checkpoint(run.last))
+    test = parity_text(300, 4, seed=99).splitlines()
+    x = torch.tensor([data.vocab.encode("\n" + line[:5]) for line in test])
+    logits, _ = model(x, model.init_state(len(test)))
+    guesses = [data.vocab.chars[i] for i in logits[:, -1].argmax(-1).tolist()]
+    accuracy = sum(g == line[-1] for g, line in zip(guesses, test)) / len(test)
+    assert accuracy >= 0.95, f"parity accuracy {accuracy:.2f} (chance is 0.5)"
+
+
+def test_resume_equals_uninterrupted_run(tmp_path: Path, corpus: Path) -> None:
+    data = prepare(corpus, tmp_path / "data")
+    mcfg = ModelConfig(vocab_size=len(data.vocab), num_layers=2, hidden_size=24, dropout=0.2)
+    base = dict(batch_size=4, seq_len=16, max_steps=30, eval_every=10, log_every=1, device="cpu", seed=3)
+    whole = RunPaths(tmp_path / "whole")
+    Trainer(mcfg, TrainConfig(**base), data, whole, corpus_info(data)).run()
+
+    parts = RunPaths(tmp_path / "parts")
+    stop_at = {"n": 0}
+
+    def stop_after_12() -> bool:
+        stop_at["n"] += 1
+        return stop_at["n"] > 12
+
+    first = Trainer(mcfg, TrainConfig(**base), data, parts, corpus_info(data), should_stop=stop_after_12).run()
+    assert first.status == "interrupted" and first.step == 12
+    resumed = Trainer(mcfg, TrainConfig(**base), data, parts, corpus_info(data), resume=load_checkpoint(parts.last))
+    resumed.run()
+
+    a, b = load_checkpoint(whole.last), load_checkpoint(parts.last)
+    for name, tensor in a.model_state.items():
+        assert torch.equal(tensor, b.model_state[name]), name
+    losses = lambda run: {e["step"]: e["train_loss"] for e in read_metrics(run) if e["event"] == "train"}
+    assert losses(whole) == losses(parts)
+    assert a.progress["best_val"] == b.progress["best_val"]
