@@ -113,6 +113,7 @@ def train(
     time_budget: Annotated[Optional[str], typer.Option(help="Stop after this long, e.g. 90s, 10m, 1h30m.  [default: 10m if no other stop is given]")] = None,
     eval_every: Annotated[Optional[int], typer.Option(help="Validate every N steps; 0 = ten times per run.")] = None,
     log_every: Annotated[Optional[int], typer.Option(help="Log every N steps.  [default: 10]")] = None,
+    keep_last: Annotated[Optional[int], typer.Option(help="Keep the last N periodic step-N.pt checkpoints too.  [default: 0]")] = None,
     val_frac: Annotated[Optional[float], typer.Option(help="Last fraction of the corpus kept for validation.  [default: 0.1]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for weights and dropout.  [default: 1337]")] = None,
     device: Device = "auto",
@@ -135,8 +136,10 @@ def train(
         given.pop("encoding", None)
     stops = {"epochs": epochs or 0.0, "max_steps": max_steps or 0,
              "time_budget": parse_duration(time_budget) if time_budget else 0.0}
-    runtime = {"device": device, **({"eval_every": eval_every} if eval_every is not None else {}),
-               **({"log_every": log_every} if log_every is not None else {})}
+    runtime: dict[str, Any] = {"device": device}
+    for key, value in (("eval_every", eval_every), ("log_every", log_every), ("keep_last", keep_last)):
+        if value is not None:
+            runtime[key] = value
     ckpt = None
     notice = ""
     if resume is not None:
@@ -167,7 +170,7 @@ def train(
         if corpus is None:
             raise CharRNNError("give a corpus to train on, e.g. `charrnn train shakespeare`, or --resume RUN.")
         data = prepare_corpus(resolve_corpus(corpus, data_dir, corpus_url), data_dir, encoding)
-        run = run_paths(runs_dir, name or default_run_name(str(corpus)))
+        run = run_paths(runs_dir, name if name is not None else default_run_name(str(corpus)))
         if run.dir.exists() and any(run.dir.iterdir()):
             raise CharRNNError(f"run '{run.dir}' already exists: pick another --name or continue it with --resume {run.dir.name}.")
         if not any(stops.values()):
@@ -393,16 +396,34 @@ def evaluate_cmd(
 # ---------------------------------------------------------------------------------------
 @app.command()
 @handle_errors
-def runs(runs_dir: RunsDir = Path("checkpoints")) -> None:
-    """List runs, most recent first."""
-    from charrnn.runs import list_runs
+def runs(
+    runs_dir: RunsDir = Path("checkpoints"),
+    check: Annotated[bool, typer.Option("--check", help="Load every checkpoint and report damaged ones (exit 1 if any).")] = False,
+) -> None:
+    """List runs, most recent first, with their disk usage."""
+    from charrnn.runs import checkpoint_files, disk_usage, list_runs
 
     found = list_runs(runs_dir)
     if not found:
         err.print(f"no runs in '{runs_dir}' yet: train one with `charrnn train shakespeare`.")
         return
+    if check:
+        from charrnn.checkpoint import build_model, load_checkpoint
+
+        damaged = 0
+        for r in found:
+            for path in checkpoint_files(r):
+                try:
+                    build_model(load_checkpoint(path))
+                    out.print(f"ok       {path}", highlight=False)
+                except CharRNNError as exc:
+                    damaged += 1
+                    out.print(f"DAMAGED  {path}: {exc}", highlight=False)
+        if damaged:
+            fail(f"{damaged} damaged checkpoint(s): resume from a good one or delete them.")
+        return
     table = Table()
-    for col in ("name", "model", "size", "steps", "best val bpc", "when"):
+    for col in ("name", "model", "size", "steps", "best val bpc", "disk", "when"):
         table.add_column(col)
     for r in found:
         info = _read_config(r.config)
@@ -410,7 +431,8 @@ def runs(runs_dir: RunsDir = Path("checkpoints")) -> None:
         summary = _summary(r)
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(max(p.stat().st_mtime for p in (r.last, r.best) if p.is_file())))
         table.add_row(r.dir.name, m.get("model", "?"), f"{m.get('num_layers', '?')}x{m.get('hidden_size', '?')}",
-                      str(summary.get("step", "?")), _fmt(summary.get("best_val", math.inf) / LN2), when)
+                      str(summary.get("step", "?")), _fmt(summary.get("best_val", math.inf) / LN2),
+                      f"{disk_usage(r) / 1e6:.1f} MB", when)
     out.print(table)
 
 

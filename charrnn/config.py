@@ -7,6 +7,7 @@ rebuild them with `from_dict`, which rejects missing or unknown keys.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -67,6 +68,7 @@ class TrainConfig:
     time_budget: float = 0.0  # stop after this many seconds of training; 0 = unset
     eval_every: int = 0  # steps between validations; 0 = about ten per run
     log_every: int = 10  # steps between progress/metrics events
+    keep_last: int = 0  # periodic step-N.pt checkpoints kept besides last.pt and best.pt
     val_frac: float = 0.1  # last fraction of the corpus used for validation
     val_chars: int = 2_000_000  # characters of the val split scored per evaluation; 0 = all
     seed: int = 1337  # seeds weights, dropout and the stream layout
@@ -85,6 +87,7 @@ class TrainConfig:
         _check(self.time_budget >= 0, "--time-budget must be positive.")
         _check(self.eval_every >= 0, "--eval-every must be 0 (auto) or positive.")
         _check(self.log_every >= 1, "--log-every must be at least 1.")
+        _check(self.keep_last >= 0, "--keep-last must be 0 (none) or positive.")
         _check(0.0 < self.val_frac < 1.0, "--val-frac must be in (0, 1).")
         _check(self.val_chars >= 0, "--val-chars must be 0 (all) or positive.")
         _check(self.device in DEVICES, f"unknown device '{self.device}': choose {', '.join(DEVICES)}.")
@@ -101,7 +104,7 @@ class SampleConfig:
     stop: str = ""  # stop a sample once it ends with this string
 
     def __post_init__(self) -> None:
-        _check(self.temperature >= 0, "--temp must be 0 (greedy) or positive.")
+        _check(math.isfinite(self.temperature) and self.temperature >= 0, "--temp must be 0 (greedy) or a positive number.")
         _check(self.top_k >= 0, "--top-k must be 0 (off) or positive.")
         _check(0.0 < self.top_p <= 1.0, "--top-p must be in (0, 1].")
         _check(self.length >= 0, "--length must be 0 or positive.")

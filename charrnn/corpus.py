@@ -146,6 +146,11 @@ def _codepoint_chunks(path: Path, encoding: str, on_bytes: Callable[[bytes], Non
                     f"'{path}' is not valid {encoding}: byte 0x{exc.object[exc.start]:02x} at offset {at} "
                     "cannot be decoded; pass --encoding latin-1 (or the file's codec) or --encoding bytes."
                 )
+            except UnicodeError as exc:  # codec-level problems without a position, e.g. a missing BOM
+                raise CharRNNError(
+                    f"'{path}' is not valid {encoding} ({exc}); pass the file's codec with --encoding "
+                    "or --encoding bytes."
+                )
             offset += len(chunk)
             if text:
                 yield np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
@@ -242,3 +247,5 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> str:
             f"{source} is not valid {encoding}: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
             "cannot be decoded; pass --encoding with the file's codec."
         )
+    except UnicodeError as exc:
+        raise CharRNNError(f"{source} is not valid {encoding} ({exc}); pass --encoding with the file's codec.")

@@ -54,6 +54,16 @@ def run_paths(runs_dir: Path, name: str) -> RunPaths:
     return RunPaths(Path(runs_dir) / check_run_name(name))
 
 
+def checkpoint_files(run: RunPaths) -> list[Path]:
+    """last.pt, best.pt and the kept periodic step-*.pt files of a run."""
+    found = [p for p in (run.last, run.best) if p.is_file()]
+    return found + sorted(run.dir.glob("step-*.pt"))
+
+
+def disk_usage(run: RunPaths) -> int:
+    return sum(p.stat().st_size for p in run.dir.iterdir() if p.is_file())
+
+
 def list_runs(runs_dir: Path) -> list[RunPaths]:
     """Runs with a checkpoint, most recently written first."""
     root = Path(runs_dir)
@@ -111,3 +121,45 @@ def read_metrics(run: RunPaths) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return events
+
+
+class RunLock:
+    """Exclusive lock on a run folder, held while one process trains it.
+
+    Uses flock(2) on `<run>/.lock`: the kernel drops the lock when its process
+    dies, so a lock left by a killed trainer is taken over without a stale-pid
+    guess. The file records the holder's pid for the error message.
+    """
+
+    def __init__(self, run: RunPaths) -> None:
+        self.path = run.dir / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+        import os
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise CharRNNError(
+                f"run '{self.path.parent.name}' is being trained by pid {holder}: wait for it to finish "
+                "or stop it (Ctrl-C saves a checkpoint) before resuming."
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        for stale in self.path.parent.glob(".*.tmp"):  # temp files of writes cut short by a crash
+            stale.unlink(missing_ok=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import os
+
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

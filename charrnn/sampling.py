@@ -45,9 +45,11 @@ def make_stepper(model: CharRNN, weights: str = "fp32"):
 
 def pick_next(logits: Tensor, cfg: SampleConfig, generator: torch.Generator) -> Tensor:
     """logits (B, V) -> next ids (B,). Temperature 0 is greedy."""
-    if cfg.temperature == 0:
+    if cfg.temperature < 1e-6:  # greedy; also below float32's range, where division would give nan
         return logits.argmax(dim=-1)
-    logits = logits.float() / cfg.temperature
+    logits = logits.float()
+    # Shift so the maximum is 0 before dividing: a tiny temperature then gives -inf, never inf - inf.
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / cfg.temperature
     if cfg.top_k and cfg.top_k < logits.shape[-1]:
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

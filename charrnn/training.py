@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -18,15 +19,15 @@ import torch
 import torch.nn.functional as F
 
 from charrnn.batching import StreamBatcher, eval_chunks
-from charrnn.checkpoint import Checkpoint, save_checkpoint
+from charrnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.corpus import Prepared, split
 from charrnn.device import pick_device
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, State, detach_state
-from charrnn.runs import RunPaths
+from charrnn.runs import RunLock, RunPaths
 
-MAX_BAD_STEPS = 10  # consecutive non-finite steps before the run stops
+BAD_STEPS_BEFORE_ROLLBACK = 3  # consecutive non-finite steps before rolling back
 EVALS_PER_RUN = 10  # automatic validation cadence when --eval-every is 0
 
 Event = dict[str, Any]
@@ -43,6 +44,27 @@ class TrainResult:
     chars_per_s: float
     skipped: int
     run: RunPaths
+
+
+def _link_or_copy(src: "os.PathLike[str]", dst: "os.PathLike[str]") -> None:
+    """Make dst a copy of src atomically; a hard link costs no disk and no time."""
+    import shutil
+    from pathlib import Path
+
+    tmp = Path(dst).with_name(f".{Path(dst).name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _event_step(line: str) -> float:
+    try:
+        return float(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return math.inf  # a torn line from a crash: drop it
 
 
 def lr_at(cfg: TrainConfig, progress: float) -> float:
@@ -133,6 +155,8 @@ class Trainer:
         )
         self.step = self.epoch = self.cursor = self.skipped = 0
         self.elapsed = 0.0
+        self.lr_scale = 1.0  # halved by each rollback after divergence
+        self.rolled_back = False  # a rollback happened since the last good checkpoint
         self.best_val = self.last_val = math.inf
         self.last_eval_step = -1
         self.state = self.model.init_state(train_cfg.batch_size, self.device)
@@ -148,6 +172,7 @@ class Trainer:
         self.step, self.epoch, self.cursor = int(p["step"]), int(p["epoch"]), int(p["cursor"])
         self.elapsed = float(p["elapsed"])
         self.skipped = int(p.get("skipped", 0))
+        self.lr_scale = float(p.get("lr_scale", 1.0))
         self.best_val = float(p.get("best_val", math.inf))
         self.last_val = float(p.get("last_val", math.inf))
         if ckpt.hidden is not None and all(h.shape[1] == self.cfg.batch_size for h in ckpt.hidden):
@@ -169,6 +194,7 @@ class Trainer:
                 "best_val": self.best_val,
                 "last_val": self.last_val,
                 "skipped": self.skipped,
+                "lr_scale": self.lr_scale,
                 "steps_per_epoch": self.batcher.steps_per_epoch,
                 "total_steps": self.total_steps,
             },
@@ -178,11 +204,41 @@ class Trainer:
         )
 
     def save(self, best: bool = False) -> None:
-        ckpt = self.checkpoint()
-        save_checkpoint(ckpt, self.run_paths.last)
-        if best:
-            save_checkpoint(ckpt, self.run_paths.best)
-        self._emit({"event": "checkpoint", "path": str(self.run_paths.last), "best": best})
+        """Write last.pt (and best.pt, and a kept step-N.pt) atomically.
+
+        Raises CharRNNError when the disk refuses; the previous files stay intact.
+        """
+        run = self.run_paths
+        try:
+            save_checkpoint(self.checkpoint(), run.last)
+            if best:
+                _link_or_copy(run.last, run.best)
+            if self.cfg.keep_last:
+                _link_or_copy(run.last, run.dir / f"step-{self.step:08d}.pt")
+                for old in sorted(run.dir.glob("step-*.pt"))[: -self.cfg.keep_last]:
+                    old.unlink(missing_ok=True)
+        except OSError as exc:
+            raise CharRNNError(
+                f"could not write a checkpoint in '{run.dir}' ({exc.strerror or exc}): the previous "
+                f"checkpoint is intact; free disk space or fix permissions, then "
+                f"`charrnn train --resume {run.dir.name}`."
+            )
+        self.rolled_back = False
+        self._emit({"event": "checkpoint", "path": str(run.last), "best": best})
+
+    def _roll_back(self, bad_in_row: int) -> None:
+        """Divergence: reload last.pt with half the learning rate, once per good checkpoint."""
+        if self.rolled_back or not self.run_paths.last.is_file():
+            raise CharRNNError(
+                f"training diverged: {bad_in_row} steps in a row had a non-finite loss or gradient, "
+                f"also after rolling back with a lower learning rate; lower --lr or raise the "
+                f"stability (--grad-clip) and start again."
+            )
+        scale, skipped, elapsed = self.lr_scale * 0.5, self.skipped, self.elapsed
+        self._restore(load_checkpoint(self.run_paths.last))
+        self.lr_scale, self.skipped, self.elapsed = scale, skipped, elapsed
+        self.rolled_back = True
+        self._emit({"event": "rollback", "step": self.step, "lr_scale": self.lr_scale})
 
     def write_config(self) -> None:
         self.run_paths.dir.mkdir(parents=True, exist_ok=True)
@@ -198,7 +254,7 @@ class Trainer:
 
     def _emit(self, event: Event) -> None:
         event = {"time": round(self.elapsed, 3), **event}
-        if event["event"] in ("train", "eval", "start", "end", "skip"):
+        if event["event"] in ("train", "eval", "start", "end", "skip", "rollback"):
             with open(self.run_paths.metrics, "a", encoding="utf-8") as f:
                 f.write(json.dumps(event) + "\n")
         self.on_event(event)
@@ -228,11 +284,29 @@ class Trainer:
         return val
 
     def run(self) -> TrainResult:
+        """Train until a stop criterion or a stop request; holds the run's lock throughout."""
+        self.run_paths.dir.mkdir(parents=True, exist_ok=True)
+        with RunLock(self.run_paths):
+            self._drop_metrics_after(self.step)
+            return self._run()
+
+    def _drop_metrics_after(self, step: int) -> None:
+        """On resume, forget events logged after the checkpoint (they will happen again)."""
+        path = self.run_paths.metrics
+        if not path.is_file():
+            return
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if _event_step(line) <= step]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def _run(self) -> TrainResult:
         cfg = self.cfg
         self.write_config()
         self._emit({"event": "start", "step": self.step, "total_steps": self.total_steps,
                     "time_budget": cfg.time_budget, "device": str(self.device),
                     "steps_per_epoch": self.batcher.steps_per_epoch})
+        if self.step == 0 and not self.run_paths.last.is_file():
+            self.save()  # a loadable last.pt from the first moment, and a point to roll back to
         self.model.train()
         params = [p for p in self.model.parameters()]
         chars_per_step = cfg.batch_size * cfg.seq_len
@@ -253,7 +327,7 @@ class Trainer:
             x, y = self.batcher.batch(self.cursor)
             xb = torch.from_numpy(x).to(self.device, non_blocking=True)
             yb = torch.from_numpy(y).to(self.device, non_blocking=True)
-            lr = lr_at(cfg, self.progress())
+            lr = lr_at(cfg, self.progress()) * self.lr_scale
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             logits, new_state = self.model(xb, self.state)
@@ -270,11 +344,11 @@ class Trainer:
                 bad_in_row += 1
                 self.optimizer.zero_grad(set_to_none=True)
                 self._emit({"event": "skip", "step": self.step, "skipped": self.skipped})
-                if bad_in_row >= MAX_BAD_STEPS:
-                    raise CharRNNError(
-                        f"training diverged: {bad_in_row} steps in a row had a non-finite loss or gradient; "
-                        "lower --lr or --grad-clip and resume from the last checkpoint."
-                    )
+                if bad_in_row >= BAD_STEPS_BEFORE_ROLLBACK:
+                    self._roll_back(bad_in_row)
+                    bad_in_row = 0
+                    clock = time.perf_counter()
+                    continue
             else:
                 bad_in_row = 0
                 self.optimizer.step()

@@ -131,10 +131,11 @@ def test_existing_run_name_is_refused(runner, corpus: Path, trained: str) -> Non
     assert (Path("checkpoints") / trained / "last.pt").read_bytes() == before
 
 
-def test_head_closing_the_pipe_is_quiet(tmp_path: Path, corpus: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "CHARRNN_RUNS_DIR": str(tmp_path / "runs"), "CHARRNN_DATA_DIR": str(tmp_path / "data")}
+def test_head_closing_the_pipe_is_quiet(runner, tmp_path: Path, corpus: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "CHARRNN_RUNS_DIR": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "charrnn"]
-    subprocess.run(cmd + ["train", str(corpus), "--name", "p", "--max-steps", "5", *TINY_TRAIN], env=env, check=True, timeout=120)
+    result = runner.invoke(app, ["train", str(corpus), "--name", "p", "--max-steps", "5", "--runs-dir", "runs", *TINY_TRAIN])
+    assert result.exit_code == 0, result.output
     proc = subprocess.run(f"{' '.join(cmd)} sample p --length 100000 | head -n 2", shell=True, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.count("\n") == 2
