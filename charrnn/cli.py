@@ -485,7 +485,7 @@ def _register_extensions() -> None:
         from charrnn.cli_inspect import register
     except ImportError:
         return
-    register(app)
+    register(app, wrap=handle_errors)
 
 
 _register_extensions()

@@ -1,0 +1,189 @@
+"""Statistics of unit activations accumulated chunk by chunk, and rankings of units.
+
+`UnitScan` keeps, per activation kind, running means, variances and
+co-moments with text features (merged per chunk as in Chan, Golub & LeVeque
+1979), so Pearson correlations over a whole file need O(units x features)
+memory. `GateCounts` counts how often each gate unit is saturated (Karpathy,
+Johnson & Fei-Fei 2015: left < 0.1, right > 0.9).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from charrnn.activations import GATE_KINDS, Chunk
+
+
+class Moments:
+    """Running statistics of x (U columns) and y (F columns) over added rows."""
+
+    def __init__(self, units: int, features: int) -> None:
+        self.n = 0
+        self.mean_x = np.zeros(units)
+        self.mean_y = np.zeros(features)
+        self.m2_x = np.zeros(units)  # sum of squared deviations
+        self.m2_y = np.zeros(features)
+        self.c_xy = np.zeros((units, features))  # sum of deviation products
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        """x (M, U), y (M, F): merge these M rows into the running statistics."""
+        m = x.shape[0]
+        if m == 0:
+            return
+        x = x.astype(np.float64)
+        y = y.astype(np.float64)
+        mx, my = x.mean(0), y.mean(0)
+        xc, yc = x - mx, y - my
+        n = self.n + m
+        dx, dy = mx - self.mean_x, my - self.mean_y
+        w = self.n * m / n
+        self.m2_x += (xc * xc).sum(0) + dx * dx * w
+        self.m2_y += (yc * yc).sum(0) + dy * dy * w
+        self.c_xy += xc.T @ yc + np.outer(dx, dy) * w
+        self.mean_x += dx * m / n
+        self.mean_y += dy * m / n
+        self.n = n
+
+    def variance(self) -> np.ndarray:
+        """(U,) population variance of each x column."""
+        return self.m2_x / max(self.n, 1)
+
+    def correlation(self) -> np.ndarray:
+        """(U, F) Pearson r; 0 where a column is constant."""
+        denom = np.sqrt(np.outer(self.m2_x, self.m2_y))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.where(denom > 0, self.c_xy / np.where(denom > 0, denom, 1.0), 0.0)
+        return np.clip(r, -1.0, 1.0)
+
+    def feature_variance(self) -> np.ndarray:
+        """(F,) population variance of each y column."""
+        return self.m2_y / max(self.n, 1)
+
+
+@dataclass(frozen=True)
+class UnitScore:
+    layer: int
+    unit: int
+    kind: str
+    value: float  # Pearson r, or variance, depending on the ranking
+
+
+class UnitScan:
+    """Consumer: per-unit variance and correlation with features, for the chosen kinds.
+
+    features (N, F) holds F features of the whole text (None for variance only).
+    """
+
+    def __init__(
+        self, kinds: dict[str, int], num_layers: int, features: np.ndarray | None = None
+    ) -> None:
+        self.kinds = dict(kinds)
+        self.num_layers = num_layers
+        self.features = features
+        f = 0 if features is None else features.shape[1]
+        self.moments = {k: Moments(num_layers * u, f) for k, u in self.kinds.items()}
+
+    def add(self, chunk: Chunk) -> None:
+        m = len(chunk.pos)
+        if self.features is None:
+            y = np.zeros((m, 0))
+        else:
+            y = self.features[chunk.pos]
+        for kind, moments in self.moments.items():
+            value = chunk.acts[kind]  # (L, M, U)
+            moments.add(value.transpose(1, 0, 2).reshape(m, -1), y)
+
+    def _per_layer(self, kind: str, flat: np.ndarray) -> np.ndarray:
+        return flat.reshape(self.num_layers, self.kinds[kind])  # (L, U)
+
+    def variances(self) -> dict[str, np.ndarray]:
+        """kind -> (L, U) variance of each unit over the text."""
+        return {k: self._per_layer(k, m.variance()) for k, m in self.moments.items()}
+
+    def correlations(self, feature: int) -> dict[str, np.ndarray]:
+        """kind -> (L, U) Pearson r of each unit with feature column `feature`."""
+        return {k: self._per_layer(k, m.correlation()[:, feature]) for k, m in self.moments.items()}
+
+    def feature_is_constant(self, feature: int) -> bool:
+        moments = next(iter(self.moments.values()))
+        return bool(moments.feature_variance()[feature] <= 1e-12)
+
+
+def rank_units(
+    values: dict[str, np.ndarray], top: int, by_abs: bool = True, layer: int | None = None
+) -> list[UnitScore]:
+    """The `top` units with the largest value (|value| when by_abs), best first.
+
+    values: kind -> (L, U); layer restricts the ranking to one layer.
+    Ties keep kind order, then layer, then unit.
+    """
+    scores: list[UnitScore] = []
+    for kind, table in values.items():
+        for l_idx in range(table.shape[0]):
+            if layer is not None and l_idx != layer:
+                continue
+            for u_idx, v in enumerate(table[l_idx]):
+                if np.isfinite(v):
+                    scores.append(UnitScore(l_idx, u_idx, kind, float(v)))
+    key = (lambda s: -abs(s.value)) if by_abs else (lambda s: -s.value)
+    return sorted(scores, key=key)[:top]  # sorted() is stable
+
+
+class GateCounts:
+    """Consumer: how often each gate unit is left-saturated (< low) or right-saturated (> high)."""
+
+    def __init__(self, kinds: dict[str, int], num_layers: int, low: float = 0.1, high: float = 0.9):
+        self.low, self.high = low, high
+        self.gates = [k for k in kinds if k in GATE_KINDS]
+        self.n = 0
+        self.left = {k: np.zeros((num_layers, kinds[k]), np.int64) for k in self.gates}
+        self.right = {k: np.zeros((num_layers, kinds[k]), np.int64) for k in self.gates}
+
+    def add(self, chunk: Chunk) -> None:
+        for kind in self.gates:
+            value = chunk.acts[kind]  # (L, M, U)
+            self.left[kind] += (value < self.low).sum(axis=1)
+            self.right[kind] += (value > self.high).sum(axis=1)
+        self.n += len(chunk.pos)
+
+    def fractions(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """gate kind -> (left, right), each (L, U) fraction of positions in [0, 1]."""
+        n = max(self.n, 1)
+        return {k: (self.left[k] / n, self.right[k] / n) for k in self.gates}
+
+
+@dataclass(frozen=True)
+class GateSummary:
+    kind: str
+    layer: int
+    units: int
+    left_mean: float  # mean over units of the fraction of time < low
+    right_mean: float  # mean over units of the fraction of time > high
+    mostly_left: int  # units left-saturated more than half the time
+    mostly_right: int  # units right-saturated more than half the time
+    rarely: int  # units saturated (either side) less than 10% of the time
+
+
+def summarise_gates(counts: GateCounts) -> list[GateSummary]:
+    """One GateSummary per (layer, gate kind), layers first."""
+    rows: list[GateSummary] = []
+    fractions = counts.fractions()
+    layers = next(iter(fractions.values()))[0].shape[0] if fractions else 0
+    for layer in range(layers):
+        for kind, (left, right) in fractions.items():
+            lf, rf = left[layer], right[layer]
+            rows.append(
+                GateSummary(
+                    kind=kind,
+                    layer=layer,
+                    units=len(lf),
+                    left_mean=float(lf.mean()),
+                    right_mean=float(rf.mean()),
+                    mostly_left=int((lf > 0.5).sum()),
+                    mostly_right=int((rf > 0.5).sum()),
+                    rarely=int(((lf + rf) < 0.1).sum()),
+                )
+            )
+    return rows
