@@ -121,9 +121,13 @@ def train(
     runs_dir: RunsDir = Path("checkpoints"),
     data_dir: DataDir = Path("data"),
     corpus_url: Annotated[Optional[str], typer.Option(help="Download URL for a built-in corpus.", envvar="CHARRNN_SHAKESPEARE_URL")] = None,
+    length_min: Annotated[int, typer.Option(help="task:* corpora: shortest example.")] = 1,
+    length_max: Annotated[int, typer.Option(help="task:* corpora: longest example.")] = 20,
+    task_chars: Annotated[int, typer.Option(help="task:* corpora: characters generated.")] = 1_000_000,
     quiet: Quiet = False,
 ) -> None:
-    """Train a model on a text file; checkpoints go to RUNS_DIR/NAME/."""
+    """Train a model on a text file, a built-in corpus (shakespeare) or a memory task
+    (task:parity, task:brackets, task:copy); checkpoints go to RUNS_DIR/NAME/."""
     import dataclasses
 
     from charrnn.checkpoint import load_checkpoint
@@ -157,7 +161,8 @@ def train(
         if not source:
             raise CharRNNError("the run does not record its corpus: pass the corpus file.")
         enc = ckpt.corpus.get("encoding", "utf-8")
-        data = prepare_corpus(resolve_corpus(source, data_dir, corpus_url), data_dir, enc)
+        fixed = ckpt.vocab if ckpt.corpus.get("task") else None
+        data = prepare_corpus(resolve_corpus(source, data_dir, corpus_url), data_dir, enc, fixed)
         if data.sha256 != ckpt.corpus.get("sha256"):
             raise CharRNNError(
                 f"'{data.source}' is not the text run '{run.dir.name}' was trained on (content differs): "
@@ -169,8 +174,11 @@ def train(
     else:
         if corpus is None:
             raise CharRNNError("give a corpus to train on, e.g. `charrnn train shakespeare`, or --resume RUN.")
-        data = prepare_corpus(resolve_corpus(corpus, data_dir, corpus_url), data_dir, encoding)
-        run = run_paths(runs_dir, name if name is not None else default_run_name(str(corpus)))
+        if corpus.startswith("task:"):
+            data = _prepare_task(corpus, length_min, length_max, task_chars, given.get("seed", 1337), data_dir)
+        else:
+            data = prepare_corpus(resolve_corpus(corpus, data_dir, corpus_url), data_dir, encoding)
+        run = run_paths(runs_dir, name if name is not None else default_run_name(str(corpus).replace(":", "-")))
         if run.dir.exists() and any(run.dir.iterdir()):
             raise CharRNNError(f"run '{run.dir}' already exists: pick another --name or continue it with --resume {run.dir.name}.")
         if not any(stops.values()):
@@ -182,7 +190,24 @@ def train(
                            **stops, **runtime)
     corpus_info = {"path": str(Path(data.source).resolve()), "sha256": data.sha256,
                    "encoding": data.encoding, "chars": int(len(data.tokens))}
+    if str(corpus or "").startswith("task:") or (ckpt is not None and ckpt.corpus.get("task")):
+        corpus_info["task"] = corpus or ckpt.corpus["task"]
     _run_training(mcfg, tcfg, data, run, corpus_info, ckpt, quiet, notice)
+
+
+def _prepare_task(name: str, length_min: int, length_max: int, chars: int, seed: int, data_dir: Path) -> Any:
+    """Generate a task:* corpus once into data_dir/tasks/ and prepare it with the task's alphabet."""
+    from charrnn.corpus import prepare as prepare_corpus
+    from charrnn.tasks import generate_task, task_vocab
+
+    vocab = task_vocab(name)
+    path = Path(data_dir) / "tasks" / f"{name[5:]}-{length_min}-{length_max}-{chars}-{seed}.txt"
+    if not path.is_file():
+        from charrnn.checkpoint import atomic_write
+
+        text = generate_task(name, length_min, length_max, chars, seed)
+        atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    return prepare_corpus(path, data_dir, "utf-8", vocab)
 
 
 def _run_training(mcfg: Any, tcfg: Any, data: Any, run: Any, corpus_info: dict, ckpt: Any, quiet: bool,
@@ -345,8 +370,11 @@ class _StreamWriter:
 @handle_errors
 def evaluate_cmd(
     run: Annotated[str, typer.Argument(help="Run name, run folder or .pt file.")],
-    file: Annotated[str, typer.Argument(help="Text file to score ('-' = standard input).")],
+    file: Annotated[str, typer.Argument(help="Text file to score ('-' = standard input), or a task (task:parity).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    lengths: Annotated[str, typer.Option(help="task:* only: example lengths to score, e.g. 10,20,50,100.")] = "5,10,20,50",
+    examples: Annotated[int, typer.Option(help="task:* only: examples per length.")] = 500,
+    seed: Annotated[int, typer.Option(help="task:* only: seed of the generated examples.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Parallel streams while scoring.")] = 32,
     seq_len: Annotated[int, typer.Option(help="Characters per chunk (state is carried across).")] = 256,
     weights: Annotated[str, typer.Option(help="Weights: fp32 | bf16 | int8.")] = "fp32",
@@ -366,6 +394,9 @@ def evaluate_cmd(
         raise CharRNNError("--batch-size and --seq-len must be at least 1.")
     path = resolve_checkpoint(run, runs_dir)
     ckpt = load_checkpoint(path)
+    if file.startswith("task:"):
+        _eval_task(ckpt, path, file, lengths, examples, seed, as_json)
+        return
     text = read_text(file, "bytes" if ckpt.vocab.byte_level else "utf-8")
     tokens = np.asarray(ckpt.vocab.encode(text), dtype=np.int64)
     if len(tokens) < 2:
@@ -390,6 +421,33 @@ def evaluate_cmd(
     table.add_row("nats/char", f"{nats:.4f}")
     table.add_row("bits/char", f"{nats / LN2:.4f}")
     table.add_row("perplexity", f"{math.exp(nats):.3f}")
+    out.print(table)
+
+
+def _eval_task(ckpt: Any, path: Path, task: str, lengths: str, examples: int, seed: int, as_json: bool) -> None:
+    """Accuracy of the label character per example length, beside the majority-guess baseline."""
+    from charrnn.checkpoint import build_model
+    from charrnn.tasks import label_accuracy, majority_baseline
+
+    try:
+        sizes = [int(v) for v in lengths.split(",") if v.strip()]
+    except ValueError:
+        raise CharRNNError(f"--lengths must be comma-separated integers, got '{lengths}'.")
+    if not sizes or min(sizes) < 1 or examples < 1:
+        raise CharRNNError("--lengths needs positive integers and --examples at least 1.")
+    model = build_model(ckpt)
+    accuracy = label_accuracy(model, ckpt.vocab, task, sizes, examples, seed)
+    chance = majority_baseline(task, sizes, examples, seed)
+    if as_json:
+        rows = [{"length": n, "accuracy": accuracy[n], "majority": chance[n]} for n in sizes]
+        out.print_json(json.dumps({"checkpoint": str(path), "task": task, "model": ckpt.model_config.model,
+                                   "examples": examples, "results": rows}))
+        return
+    table = Table(title=f"{task}: {ckpt.model_config.model} {ckpt.model_config.num_layers}x{ckpt.model_config.hidden_size}")
+    for col in ("length", "accuracy", "majority guess"):
+        table.add_column(col, justify="right")
+    for n in sizes:
+        table.add_row(str(n), f"{accuracy[n]:.3f}", f"{chance[n]:.3f}")
     out.print(table)
 
 

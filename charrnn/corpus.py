@@ -158,10 +158,12 @@ def _codepoint_chunks(path: Path, encoding: str, on_bytes: Callable[[bytes], Non
                 return
 
 
-def prepare(path: Path, data_dir: Path, encoding: str = "utf-8") -> Prepared:
+def prepare(path: Path, data_dir: Path, encoding: str = "utf-8", vocab: Vocab | None = None) -> Prepared:
     """Encode `path` into the token cache (once per content hash) and map it.
 
-    Raises CharRNNError for an empty or undecodable file.
+    `vocab` fixes the vocabulary (e.g. a task's full alphabet) instead of
+    taking the file's own symbols. Raises CharRNNError for an empty or
+    undecodable file, or one with symbols outside a given `vocab`.
     """
     path = Path(path)
     encoding = check_encoding(encoding)
@@ -179,9 +181,16 @@ def prepare(path: Path, data_dir: Path, encoding: str = "utf-8") -> Prepared:
     if count == 0:
         raise CharRNNError(f"corpus '{path}' is empty: give it some text.")
     sha = digest.hexdigest()
-    cache = Path(data_dir) / "cache" / f"{sha[:16]}-{encoding}"
+    key = f"{sha[:16]}-{encoding}"
+    if vocab is not None:
+        outside = sorted(set(chr(c) for c in np.flatnonzero(seen)) - set(vocab.chars))
+        if outside:
+            raise CharRNNError(f"'{path}' has symbols outside the fixed vocabulary: {outside[:10]}.")
+        key += "-v" + hashlib.sha256("".join(vocab.chars).encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    cache = Path(data_dir) / "cache" / key
     if not (cache / "tokens.npy").is_file():
-        vocab = vocab_from_codepoints(np.flatnonzero(seen), byte_level=encoding == "bytes")
+        if vocab is None:
+            vocab = vocab_from_codepoints(np.flatnonzero(seen), byte_level=encoding == "bytes")
         _encode_into(path, encoding, vocab, count, cache)
     return load_prepared(cache, path, sha, encoding)
 

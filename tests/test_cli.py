@@ -140,3 +140,17 @@ def test_head_closing_the_pipe_is_quiet(runner, tmp_path: Path, corpus: Path) ->
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.count("\n") == 2
     assert proc.stderr == "", proc.stderr
+
+
+def test_task_corpus_trains_and_evaluates_per_length(runner) -> None:
+    result = runner.invoke(app, ["train", "task:brackets", "--name", "br", "--model", "gf-lstm", "--task-chars", "20000",
+                                 "--length-max", "8", "--max-steps", "5", *TINY_TRAIN])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["eval", "br", "task:brackets", "--lengths", "2,8", "--examples", "20", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["results"]
+    assert [r["length"] for r in rows] == [2, 8] and all(0 <= r["accuracy"] <= 1 for r in rows)
+    result = runner.invoke(app, ["train", "--resume", "br", "--max-steps", "7", "--quiet"])
+    assert result.exit_code == 0, result.output
+    one_line_error(runner.invoke(app, ["eval", "br", "task:brackets", "--lengths", "x"]), "--lengths")
+    one_line_error(runner.invoke(app, ["train", "task:nope"]), "task")
