@@ -11,6 +11,7 @@ def pick_device(name: str) -> torch.device:
     """'auto' is CUDA when present, else MPS when present, else CPU. Raises CharRNNError."""
     if name == "auto":
         if torch.cuda.is_available():
+            _allow_tf32()
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
@@ -21,7 +22,15 @@ def pick_device(name: str) -> torch.device:
         raise CharRNNError("--device mps was asked for but MPS is not available here: use --device cpu.")
     if name not in ("cpu", "cuda", "mps"):
         raise CharRNNError(f"unknown device '{name}': choose auto, cpu, cuda or mps.")
+    if name == "cuda":
+        _allow_tf32()
     return torch.device(name)
+
+
+def _allow_tf32() -> None:
+    """TF32 tensor cores for fp32 matrix products on CUDA (cuDNN RNNs already use them)."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
 
 
 def seed_everything(seed: int) -> None:
