@@ -89,9 +89,9 @@ def test_seeded_sampling_repeats_and_greedy_is_argmax() -> None:
     other = generate(model, VOCAB, "ab", dataclasses.replace(cfg, seed=6), lambda c: None)
     assert one == two and len(one) == 40 and one != other
     greedy = generate(model, VOCAB, "ab", SampleConfig(length=20, temperature=0), lambda c: None)
-    # Greedy by hand: argmax at every step.
+    # Greedy by hand: argmax at every step (the prime is read as the start of a line).
     state = model.init_state(1)
-    logits, state = model(torch.tensor([VOCAB.encode("ab")]), state)
+    logits, state = model(torch.tensor([VOCAB.encode("\nab")]), state)
     expect = []
     for _ in range(20):
         nxt = int(logits[0, -1].argmax())
