@@ -124,10 +124,17 @@ def train(
     length_min: Annotated[int, typer.Option(help="task:* corpora: shortest example.")] = 1,
     length_max: Annotated[int, typer.Option(help="task:* corpora: longest example.")] = 20,
     task_chars: Annotated[int, typer.Option(help="task:* corpora: characters generated.")] = 1_000_000,
+    nproc: Annotated[int, typer.Option(help="Data-parallel: start N processes on this machine via torchrun (--batch-size stays global).")] = 0,
+    dist_timeout: Annotated[float, typer.Option(help="Distributed: seconds a rank waits for a silent one before failing.")] = 1800.0,
     quiet: Quiet = False,
 ) -> None:
     """Train a model on a text file, a built-in corpus (shakespeare) or a memory task
     (task:parity, task:brackets, task:copy); checkpoints go to RUNS_DIR/NAME/."""
+    from charrnn.distributed import DistConfig, exec_torchrun, init_from_env
+
+    dcfg = DistConfig(nproc=nproc, timeout=dist_timeout)
+    if dcfg.nproc:  # before torch is imported: torchrun starts this command once per rank
+        exec_torchrun(dcfg.nproc, sys.argv[1:], os.environ)  # does not return
     import dataclasses
 
     from charrnn.checkpoint import load_checkpoint
@@ -144,6 +151,9 @@ def train(
     for key, value in (("eval_every", eval_every), ("log_every", log_every), ("keep_last", keep_last)):
         if value is not None:
             runtime[key] = value
+    dist = init_from_env(device, dcfg.timeout, os.environ)  # one process unless started by torchrun
+    # Rank 0 downloads and encodes the corpus first; the other ranks then map its cache.
+    resolve_corpus, prepare_corpus = dist.main_first(resolve_corpus), dist.main_first(prepare_corpus)
     ckpt = None
     notice = ""
     if resume is not None:
@@ -178,7 +188,7 @@ def train(
             data = _prepare_task(corpus, length_min, length_max, task_chars, given.get("seed", 1337), data_dir)
         else:
             data = prepare_corpus(resolve_corpus(corpus, data_dir, corpus_url), data_dir, encoding)
-        run = run_paths(runs_dir, name if name is not None else default_run_name(str(corpus).replace(":", "-")))
+        run = run_paths(runs_dir, name if name is not None else dist.from_main(default_run_name, str(corpus).replace(":", "-")))
         if run.dir.exists() and any(run.dir.iterdir()):
             raise CharRNNError(f"run '{run.dir}' already exists: pick another --name or continue it with --resume {run.dir.name}.")
         if not any(stops.values()):
@@ -192,7 +202,7 @@ def train(
                    "encoding": data.encoding, "chars": int(len(data.tokens))}
     if str(corpus or "").startswith("task:") or (ckpt is not None and ckpt.corpus.get("task")):
         corpus_info["task"] = corpus or ckpt.corpus["task"]
-    _run_training(mcfg, tcfg, data, run, corpus_info, ckpt, quiet, notice)
+    _run_training(mcfg, tcfg, data, run, corpus_info, ckpt, quiet or not dist.is_main, notice, dist)
 
 
 def _prepare_task(name: str, length_min: int, length_max: int, chars: int, seed: int, data_dir: Path) -> Any:
@@ -211,18 +221,26 @@ def _prepare_task(name: str, length_min: int, length_max: int, chars: int, seed:
 
 
 def _run_training(mcfg: Any, tcfg: Any, data: Any, run: Any, corpus_info: dict, ckpt: Any, quiet: bool,
-                  notice: str = "") -> None:
+                  notice: str = "", dist: Any = None) -> None:
     from tqdm import tqdm
 
+    from charrnn.distributed import Dist, is_peer_failure, peer_failure_message
     from charrnn.training import Trainer
 
+    dist = dist if dist is not None else Dist()
     stop = {"signal": 0}
 
     def on_signal(signum: int, frame: Any) -> None:
+        if stop["signal"] and dist.enabled:  # torchrun and schedulers repeat a signal to every process: one stop
+            return
         if stop["signal"]:  # second request: abort at once (checkpoint files are written atomically)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             raise KeyboardInterrupt
         stop["signal"] = signum
+        if dist.enabled:  # torchrun signals every rank; rank 0 speaks for all (a second signal is ignored)
+            if dist.is_main:
+                err.print("\nstopping: saving a checkpoint")
+            return
         err.print("\nstopping: saving a checkpoint (press Ctrl-C again to abort without saving)")
 
     bar: Any = None
@@ -251,7 +269,7 @@ def _run_training(mcfg: Any, tcfg: Any, data: Any, run: Any, corpus_info: dict, 
             bar.close()
 
     trainer = Trainer(mcfg, tcfg, data, run, corpus_info, resume=ckpt, on_event=on_event,
-                      should_stop=lambda: bool(stop["signal"]))
+                      should_stop=lambda: bool(stop["signal"]), dist=dist)
     if notice and not quiet:
         err.print(notice)
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -260,11 +278,17 @@ def _run_training(mcfg: Any, tcfg: Any, data: Any, run: Any, corpus_info: dict, 
     except KeyboardInterrupt:
         err.print(f"aborted; the last saved checkpoint is {run.last}")
         raise typer.Exit(130)
+    except RuntimeError as exc:
+        if not (dist.enabled and is_peer_failure(exc)):
+            raise
+        raise CharRNNError(peer_failure_message(dist, exc, f"the last checkpoint is {run.last}; fix the cause, "
+                                                f"then train again with --resume {run.dir.name}."))
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         if bar is not None:
             bar.close()
+    dist.close()
     if not quiet:
         table = Table(title=f"run {run.dir.name}: {result.status}")
         for col in ("steps", "epochs", "best val nats/char", "best val bits/char", "chars/s", "time"):
@@ -276,8 +300,9 @@ def _run_training(mcfg: Any, tcfg: Any, data: Any, run: Any, corpus_info: dict, 
         if result.skipped:
             err.print(f"{result.skipped} step(s) with a non-finite loss were skipped.")
     if result.status == "interrupted":
-        err.print(f"saved {run.last}; continue with: charrnn train --resume {run.dir.name}")
-        raise typer.Exit(143 if stop["signal"] == signal.SIGTERM else 130)
+        if dist.is_main:
+            err.print(f"saved {run.last}; continue with: charrnn train --resume {run.dir.name}")
+        raise typer.Exit(130 if stop["signal"] == signal.SIGINT else 143)  # a rank stopped by another's SIGTERM: 143
     if not quiet:
         err.print(f"sample with: charrnn sample {run.dir.name}")
 

@@ -22,7 +22,7 @@ from charrnn.batching import StreamBatcher, eval_chunks
 from charrnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.corpus import Prepared, split
-from charrnn.device import pick_device
+from charrnn.distributed import Dist
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, State, detach_state
 from charrnn.runs import RunLock, RunPaths
@@ -122,21 +122,24 @@ class Trainer:
         resume: Checkpoint | None = None,
         on_event: Callable[[Event], None] = lambda e: None,
         should_stop: Callable[[], bool] = lambda: False,
+        dist: Dist | None = None,
     ) -> None:
         if not (train_cfg.epochs or train_cfg.max_steps or train_cfg.time_budget):
             raise CharRNNError("no stop criterion: give --epochs, --max-steps or --time-budget.")
+        self.dist = dist if dist is not None else Dist()  # ranks under torchrun; Dist() = one process
         self.mcfg, self.cfg, self.run_paths = model_cfg, train_cfg, run
-        self.on_event, self.should_stop = on_event, should_stop
+        self.on_event, self.should_stop = on_event, self.dist.agreed(should_stop)
         self.vocab = data.vocab
         self.corpus_info = corpus_info
-        self.device = pick_device(train_cfg.device)
+        self.device = self.dist.pick_device(train_cfg.device)
         train_tokens, val_tokens = split(data.tokens, train_cfg.val_frac)
         if len(val_tokens) < 2:
             raise CharRNNError(
                 f"the validation split has {len(val_tokens)} characters: use a longer corpus or a larger --val-frac."
             )
         self.val_tokens = val_tokens[: train_cfg.val_chars] if train_cfg.val_chars else val_tokens
-        self.batcher = StreamBatcher(train_tokens, train_cfg.batch_size, train_cfg.seq_len)
+        # This rank's streams of the global batch (all of them in one process).
+        self.batcher = self.dist.shard(StreamBatcher(train_tokens, train_cfg.batch_size, train_cfg.seq_len))
         self.total_steps = 0
         if train_cfg.max_steps:
             self.total_steps = train_cfg.max_steps
@@ -146,6 +149,8 @@ class Trainer:
 
         torch.manual_seed(train_cfg.seed)
         self.model = CharRNN(model_cfg).to(self.device)
+        self.net = self.dist.wrap(self.model)  # trains through DDP when distributed; self.model otherwise
+        self.dist.seed_dropout(train_cfg.seed)
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.model.parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
@@ -159,7 +164,7 @@ class Trainer:
         self.rolled_back = False  # a rollback happened since the last good checkpoint
         self.best_val = self.last_val = math.inf
         self.last_eval_step = -1
-        self.state = self.model.init_state(train_cfg.batch_size, self.device)
+        self.state = self.model.init_state(self.batcher.batch_size, self.device)
         if resume is not None:
             self._restore(resume)
 
@@ -176,8 +181,8 @@ class Trainer:
         self.best_val = float(p.get("best_val", math.inf))
         self.last_val = float(p.get("last_val", math.inf))
         if ckpt.hidden is not None and all(h.shape[1] == self.cfg.batch_size for h in ckpt.hidden):
-            self.state = tuple(h.to(self.device) for h in ckpt.hidden)
-        _set_rng_state(ckpt.rng, self.device)
+            self.state = self.dist.shard_state(tuple(h.to(self.device) for h in ckpt.hidden))
+        _set_rng_state(self.dist.rank_rng(ckpt.rng), self.device)
 
     def checkpoint(self) -> Checkpoint:
         return Checkpoint(
@@ -198,8 +203,8 @@ class Trainer:
                 "steps_per_epoch": self.batcher.steps_per_epoch,
                 "total_steps": self.total_steps,
             },
-            hidden=detach_state(self.state),
-            rng=_rng_state(self.device),
+            hidden=self.dist.gather_state(detach_state(self.state)),  # all ranks' streams: (L, B, H)
+            rng=self.dist.gather_rng(_rng_state(self.device)),
             corpus=self.corpus_info,
         )
 
@@ -209,8 +214,12 @@ class Trainer:
         Raises CharRNNError when the disk refuses; the previous files stay intact.
         """
         run = self.run_paths
+        ckpt = self.checkpoint()  # on every rank: gathering the hidden state is collective
+        if not self.dist.is_main:
+            self.rolled_back = False
+            return
         try:
-            save_checkpoint(self.checkpoint(), run.last)
+            save_checkpoint(ckpt, run.last)
             if best:
                 _link_or_copy(run.last, run.best)
             if self.cfg.keep_last:
@@ -241,6 +250,8 @@ class Trainer:
         self._emit({"event": "rollback", "step": self.step, "lr_scale": self.lr_scale})
 
     def write_config(self) -> None:
+        if not self.dist.is_main:
+            return
         self.run_paths.dir.mkdir(parents=True, exist_ok=True)
         info = {
             "model": dataclasses.asdict(self.mcfg),
@@ -253,6 +264,8 @@ class Trainer:
         self.run_paths.config.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
     def _emit(self, event: Event) -> None:
+        if not self.dist.is_main:  # rank 0 alone logs
+            return
         event = {"time": round(self.elapsed, 3), **event}
         if event["event"] in ("train", "eval", "start", "end", "skip", "rollback"):
             with open(self.run_paths.metrics, "a", encoding="utf-8") as f:
@@ -270,7 +283,9 @@ class Trainer:
         return min(max(parts), 1.0)
 
     def _validate(self) -> float:
-        val = evaluate(self.model, self.val_tokens, self.cfg.batch_size, self.cfg.seq_len, self.device)
+        # Rank 0 scores the whole model; every rank gets the result, so best/stop decisions agree.
+        val = self.dist.from_main(evaluate, self.model, self.val_tokens, self.cfg.batch_size, self.cfg.seq_len,
+                                  self.device)
         improved = val < self.best_val
         self.last_val = val
         self.last_eval_step = self.step
@@ -285,6 +300,8 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Train until a stop criterion or a stop request; holds the run's lock throughout."""
+        if not self.dist.is_main:
+            return self._run()  # rank 0 owns the run folder: lock, config, metrics, checkpoints
         self.run_paths.dir.mkdir(parents=True, exist_ok=True)
         with RunLock(self.run_paths):
             self._drop_metrics_after(self.step)
@@ -323,17 +340,18 @@ class Trainer:
             if self.cursor >= self.batcher.steps_per_epoch:  # epoch wraps: streams restart at their heads
                 self.cursor = 0
                 self.epoch += 1
-                self.state = self.model.init_state(cfg.batch_size, self.device)
+                self.state = self.model.init_state(self.batcher.batch_size, self.device)
             x, y = self.batcher.batch(self.cursor)
             xb = torch.from_numpy(x).to(self.device, non_blocking=True)
             yb = torch.from_numpy(y).to(self.device, non_blocking=True)
             lr = lr_at(cfg, self.progress()) * self.lr_scale
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            logits, new_state = self.model(xb, self.state)
+            logits, new_state = self.net(xb, self.state)
             loss = F.cross_entropy(logits.flatten(0, 1), yb.flatten())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            loss = self.dist.mean(loss.detach())  # the global batch's loss: every rank skips or steps alike
             if cfg.grad_clip > 0:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             else:
@@ -360,6 +378,8 @@ class Trainer:
             now = time.perf_counter()
             self.elapsed += now - clock
             clock = now
+            if cfg.time_budget:  # then progress, lr, eval marks and the stop read the clock: one clock for all ranks
+                (self.elapsed,) = self.dist.agree_max(self.elapsed)
             if self.step % cfg.log_every == 0 and window_steps:
                 rate = window_steps * chars_per_step / max(now - window_start, 1e-9)
                 self._emit({"event": "train", "step": self.step, "epoch": self.epoch,
@@ -374,6 +394,8 @@ class Trainer:
                 next_eval = self._next_eval_mark()
                 clock = time.perf_counter()
                 self.elapsed += clock - t0
+                if cfg.time_budget:
+                    self.elapsed, eval_cost = self.dist.agree_max(self.elapsed, eval_cost)
                 window_start = clock
         if status == "done" or self.step > 0:
             t0 = time.perf_counter()
@@ -384,6 +406,7 @@ class Trainer:
             self.elapsed += time.perf_counter() - t0
         rate = self.step * chars_per_step / max(self.elapsed, 1e-9)
         self._emit({"event": "end", "status": status, "step": self.step, "best_val": self.best_val})
+        self.net = self.model  # drop DDP before the process group: a reducer freed after it can deadlock gloo
         return TrainResult(status, self.step, self.epoch, self.best_val, self.last_val,
                            self.elapsed, rate, self.skipped, self.run_paths)
 
