@@ -561,6 +561,14 @@ def info(run: RunArg = None, runs_dir: RunsDir = Path("checkpoints")) -> None:
     table.add_row("best val", f"{_fmt(best)} nats/char, {_fmt(best / LN2)} bits/char")
     table.add_row("corpus", f"{ckpt.corpus.get('path', '?')} ({ckpt.corpus.get('chars', '?')} chars)")
     out.print(table)
+    metrics = path.parent / "metrics.jsonl"
+    if metrics.is_file():
+        from charrnn.cli_inspect import show_curves
+
+        try:
+            show_curves(metrics, out)
+        except CharRNNError:  # a run with no losses logged yet has no curves to show
+            pass
 
 
 def _register_extensions() -> None:

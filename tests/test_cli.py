@@ -73,6 +73,7 @@ def test_prepare_train_sample_eval_loop(runner, corpus: Path, trained: str) -> N
     assert result.exit_code == 0 and trained in result.output
     result = runner.invoke(app, ["info", trained])
     assert result.exit_code == 0 and "lstm 1x32" in result.output
+    assert "best val loss" in result.output and "validation" in result.output  # learning curves follow
 
 
 def test_resume_continues_a_run(runner, corpus: Path, trained: str) -> None:
