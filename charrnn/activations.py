@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, FusedStack
-from charrnn.vocab import Vocab
+from charrnn.vocab import Vocab, unknown_error
 
 # Kinds that are sigmoid gates, with values in [0, 1]; gate statistics use these.
 GATE_KINDS = ("input", "forget", "output", "reset", "update", "feedback")
@@ -158,12 +158,7 @@ def encode_text(text: str, vocab: Vocab, unknown: str = "error") -> tuple[str, n
         dropped = set(missing)
         text = "".join(ch for ch in text if ch not in dropped)
     elif missing:
-        shown = ", ".join(repr(c) for c in missing[:20])
-        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
-        raise CharRNNError(
-            f"{len(missing)} character(s) are not in the model's vocabulary: {shown}{more}; "
-            "pass --unknown skip to drop them."
-        )
+        raise unknown_error(missing, "pass --unknown skip to drop them.")
     if not text:
         raise CharRNNError("the text is empty: give some characters the model knows.")
     return text, np.asarray(vocab.encode(text), dtype=np.int64)

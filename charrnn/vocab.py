@@ -39,12 +39,7 @@ class Vocab:
         """Text -> ids. Raises CharRNNError listing characters outside the vocabulary."""
         unknown = self.missing(text)
         if unknown:
-            shown = ", ".join(repr(c) for c in unknown[:20])
-            more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
-            raise CharRNNError(
-                f"{len(unknown)} character(s) are not in the model's vocabulary: {shown}{more}; "
-                "remove them or train on a corpus that has them."
-            )
+            raise unknown_error(unknown, "remove them or train on a corpus that has them.")
         return [self._index[c] for c in text]
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -56,6 +51,13 @@ class Vocab:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Vocab":
         return cls(tuple(data["chars"]), bool(data.get("byte_level", False)))
+
+
+def unknown_error(unknown: list[str], hint: str) -> CharRNNError:
+    """The error for characters outside a vocabulary: lists up to 20 of them, then `hint`."""
+    shown = ", ".join(repr(c) for c in unknown[:20])
+    more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+    return CharRNNError(f"{len(unknown)} character(s) are not in the model's vocabulary: {shown}{more}; {hint}")
 
 
 def build_vocab(text: str, byte_level: bool = False) -> Vocab:
