@@ -1,12 +1,11 @@
 """Commands that look inside a trained network: inspect, cells, gates, view, curves, plot.
 
-`register(app)` adds them to the main Typer app. torch (through
+`register(app, wrap)` adds them to the main Typer app. torch (through
 charrnn.activations) is imported inside the commands, so `charrnn --help`
 stays fast. Coloured output needs a terminal; with a pipe, NO_COLOR or
 --no-color the commands print tab-separated tables instead.
 """
 
-import functools
 import sys
 import tempfile
 from collections.abc import Callable
@@ -614,32 +613,14 @@ def plot_cmd(
     Console(stderr=True).print(f"wrote {out}")
 
 
-def report_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a CharRNNError into `error: <message>` on stderr and exit status 1."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except CharRNNError as exc:
-            Console(stderr=True).print(
-                f"error: {exc}", markup=False, highlight=False, soft_wrap=True
-            )
-            raise typer.Exit(1)
-
-    return wrapper
-
-
 COMMANDS: dict[str, Callable[..., None]] = {}  # filled below: name -> command function
 
 
-def register(
-    app: typer.Typer, wrap: Callable[[Callable[..., Any]], Callable[..., Any]] = report_errors
-) -> None:
+def register(app: typer.Typer, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
     """Add inspect, cells, gates, view, curves and plot to `app`.
 
-    `wrap` maps CharRNNError to `error: ...` and exit 1; pass the app's own
-    handler (e.g. charrnn.cli.handle_errors) to keep that in one place.
+    `wrap` is the app's one error handler (charrnn.cli.handle_errors), which maps
+    CharRNNError to `error: ...` and exit 1.
     """
     for name, command in COMMANDS.items():
         app.command(name)(wrap(command))

@@ -18,6 +18,7 @@ import typer
 from typer.testing import CliRunner
 
 from charrnn.checkpoint import Checkpoint, save_checkpoint
+from charrnn.cli import handle_errors
 from charrnn.cli_inspect import register
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.model import CharRNN, FusedStack
@@ -70,7 +71,7 @@ DIALOGUE = make_dialogue(1500)
 QUOTE_UNIT = 5  # the planted unit of layer 0
 
 app = typer.Typer()
-register(app)
+register(app, wrap=handle_errors)
 runner = CliRunner()
 
 
