@@ -47,7 +47,8 @@ class BareLM(nn.Module):
         return self.head(out), state
 
 
-def bare_rates(layers: int, hidden: int, batch: int, seq: int, steps: int, device: torch.device) -> list[float]:
+def bare_rates(layers: int, hidden: int, batch: int, seq: int, steps: int, device: torch.device,
+               precision: str = "fp32") -> list[float]:
     """chars/s of each timed step of the bare loop (after 3 warm-up steps)."""
     torch.manual_seed(0)
     model = BareLM(layers, hidden).to(device)
@@ -59,8 +60,9 @@ def bare_rates(layers: int, hidden: int, batch: int, seq: int, steps: int, devic
         x = torch.randint(0, VOCAB, (batch, seq), device=device)
         y = torch.randint(0, VOCAB, (batch, seq), device=device)
         start = time.perf_counter()
-        logits, state = model(x, state)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
+            logits, state = model(x, state)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -72,13 +74,14 @@ def bare_rates(layers: int, hidden: int, batch: int, seq: int, steps: int, devic
     return rates
 
 
-def charrnn_rates(corpus: Path, layers: int, hidden: int, batch: int, seq: int, steps: int, device: str) -> list[float]:
+def charrnn_rates(corpus: Path, layers: int, hidden: int, batch: int, seq: int, steps: int, device: str,
+                  precision: str = "fp32") -> list[float]:
     """chars/s between consecutive per-step events of the real Trainer (after 3 warm-up steps)."""
     with tempfile.TemporaryDirectory() as tmp:
         data = prepare(corpus, Path(tmp) / "data")
         mcfg = ModelConfig(vocab_size=len(data.vocab), num_layers=layers, hidden_size=hidden)
         tcfg = TrainConfig(batch_size=batch, seq_len=seq, max_steps=steps + 3, eval_every=10**9, log_every=1,
-                           device=device, val_frac=0.01, val_chars=batch * seq + 1)
+                           device=device, val_frac=0.01, val_chars=batch * seq + 1, precision=precision)
         stamps: list[float] = []
 
         def on_event(event: dict) -> None:
@@ -105,6 +108,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", help="fp32 and/or bf16, comma separated (bf16: CUDA)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -114,16 +118,17 @@ def main() -> None:
             layers, hidden = (int(v) for v in spec.split("x"))
             corpus = Path(tmp) / f"random-{batch}.txt"
             make_corpus(corpus, batch * args.seq * (args.steps + 6) * 2)
-            bare, ours = [], []
-            for _ in range(args.rounds):
-                bare += bare_rates(layers, hidden, batch, args.seq, args.steps, device)
-                ours += charrnn_rates(corpus, layers, hidden, batch, args.seq, args.steps, args.device)
-            row = {"size": spec, "batch": batch, "seq": args.seq, "bare_chars_per_s": statistics.median(bare),
-                   "charrnn_chars_per_s": statistics.median(ours)}
-            row["ratio"] = row["charrnn_chars_per_s"] / row["bare_chars_per_s"]
-            results.append(row)
-            print(f"{spec:>7} B={batch:<4} bare {row['bare_chars_per_s']:>12,.0f}  charrnn "
-                  f"{row['charrnn_chars_per_s']:>12,.0f} chars/s  ratio {row['ratio']:.3f}", flush=True)
+            for precision in args.precision.split(","):
+                bare, ours = [], []
+                for _ in range(args.rounds):
+                    bare += bare_rates(layers, hidden, batch, args.seq, args.steps, device, precision)
+                    ours += charrnn_rates(corpus, layers, hidden, batch, args.seq, args.steps, args.device, precision)
+                row = {"size": spec, "batch": batch, "seq": args.seq, "precision": precision,
+                       "bare_chars_per_s": statistics.median(bare), "charrnn_chars_per_s": statistics.median(ours)}
+                row["ratio"] = row["charrnn_chars_per_s"] / row["bare_chars_per_s"]
+                results.append(row)
+                print(f"{spec:>7} B={batch:<4} {precision} bare {row['bare_chars_per_s']:>12,.0f}  charrnn "
+                      f"{row['charrnn_chars_per_s']:>12,.0f} chars/s  ratio {row['ratio']:.3f}", flush=True)
     report = {"benchmark": "train", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": platform.processor() or platform.machine(), "device": str(device),
               "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,

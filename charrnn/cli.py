@@ -87,8 +87,9 @@ def prepare(
 
 
 # ---------------------------------------------------------------------------------------
-_MODEL_OPTIONS = ("model", "num_layers", "hidden_size", "embed_size", "dropout", "batch_size", "seq_len",
-                  "lr", "weight_decay", "warmup", "grad_clip", "val_frac", "seed", "encoding")
+_MODEL_OPTIONS = ("model", "num_layers", "hidden_size", "embed_size", "dropout", "dropout_mask", "weight_drop",
+                  "batch_size", "seq_len", "lr", "weight_decay", "warmup", "grad_clip", "val_frac", "val_chars",
+                  "evals", "patience", "seed", "encoding")
 
 
 @app.command()
@@ -101,7 +102,11 @@ def train(
     num_layers: Annotated[Optional[int], typer.Option("--layers", "--num-layers", help="Recurrent layers.  [default: 2]")] = None,
     hidden_size: Annotated[Optional[int], typer.Option("--hidden", "--hidden-size", help="Units per layer.  [default: 512]")] = None,
     embed_size: Annotated[Optional[int], typer.Option("--embed", "--embed-size", help="Embedding size; 0 = same as --hidden.  [default: 0]")] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout on embedding, between layers, before the head.  [default: 0]")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout on embedding, between layers, before the head.  [default: planned]")] = None,
+    dropout_mask: Annotated[Optional[str], typer.Option(help="locked (one mask per sequence, variational) | per-step.  [default: locked]")] = None,
+    weight_drop: Annotated[Optional[float], typer.Option(help="DropConnect on the recurrent weights (lstm, gru, rnn).  [default: planned]")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Fixed size: tiny (2x128) | small (2x256) | medium (2x512) | large (2x1024) | xl (3x1536).")] = None,
+    auto: Annotated[bool, typer.Option("--auto/--no-auto", help="Plan unset settings from the budget, a speed probe and the corpus size; --no-auto uses fixed defaults.")] = True,
     batch_size: Annotated[Optional[int], typer.Option(help="B parallel streams.  [default: 32]")] = None,
     seq_len: Annotated[Optional[int], typer.Option(help="T characters per truncated-BPTT step.  [default: 100]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak AdamW learning rate.  [default: 0.002]")] = None,
@@ -111,7 +116,11 @@ def train(
     epochs: Annotated[Optional[float], typer.Option(help="Stop after this many epochs.")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = None,
     time_budget: Annotated[Optional[str], typer.Option(help="Stop after this long, e.g. 90s, 10m, 1h30m.  [default: 10m if no other stop is given]")] = None,
-    eval_every: Annotated[Optional[int], typer.Option(help="Validate every N steps; 0 = ten times per run.")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Validate every N steps; 0 = --evals times per run.")] = None,
+    evals: Annotated[Optional[int], typer.Option(help="Validations spread over the run.  [default: planned]")] = None,
+    val_chars: Annotated[Optional[int], typer.Option(help="Val characters scored per validation; 0 = all.  [default: planned]")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after N validations without a new best; 0 = never.  [default: 3]")] = None,
+    precision: Annotated[str, typer.Option(help="fp32 | bf16 (autocast: faster on recent GPUs; weights stay fp32).")] = "fp32",
     log_every: Annotated[Optional[int], typer.Option(help="Log every N steps.  [default: 10]")] = None,
     keep_last: Annotated[Optional[int], typer.Option(help="Keep the last N periodic step-N.pt checkpoints too.  [default: 0]")] = None,
     val_frac: Annotated[Optional[float], typer.Option(help="Last fraction of the corpus kept for validation.  [default: 0.1]")] = None,
@@ -147,15 +156,19 @@ def train(
         given.pop("encoding", None)
     stops = {"epochs": epochs or 0.0, "max_steps": max_steps or 0,
              "time_budget": parse_duration(time_budget) if time_budget else 0.0}
-    runtime: dict[str, Any] = {"device": device}
+    runtime: dict[str, Any] = {"device": device, "precision": precision}
     for key, value in (("eval_every", eval_every), ("log_every", log_every), ("keep_last", keep_last)):
         if value is not None:
             runtime[key] = value
     dist = init_from_env(device, dcfg.timeout, os.environ)  # one process unless started by torchrun
+    from charrnn.training import check_precision
+
+    check_precision(precision, dist.pick_device(device))  # before any download, preparation or probe
     # Rank 0 downloads and encodes the corpus first; the other ranks then map its cache.
     resolve_corpus, prepare_corpus = dist.main_first(resolve_corpus), dist.main_first(prepare_corpus)
     ckpt = None
     notice = ""
+    planned: Any = None
     if resume is not None:
         if name is not None:
             raise CharRNNError("give either --resume RUN or --name NAME, not both.")
@@ -194,6 +207,12 @@ def train(
         if not any(stops.values()):
             stops["time_budget"] = 600.0
             notice = "no stop criterion given: training for 10m (set --epochs, --max-steps or --time-budget)."
+        if auto and not corpus.startswith("task:"):
+            plan = _plan_defaults(given, preset, data, stops, dist.pick_device(device))
+            given = {**given, **plan.model, **plan.train}
+            planned = plan
+        elif preset is not None:
+            raise CharRNNError("--preset needs the planner: drop --no-auto (or give the sizes as flags).")
         model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
         mcfg = ModelConfig(vocab_size=len(data.vocab), **{k: v for k, v in given.items() if k in model_fields})
         tcfg = TrainConfig(**{k: v for k, v in given.items() if k not in model_fields and k != "encoding"},
@@ -202,7 +221,63 @@ def train(
                    "encoding": data.encoding, "chars": int(len(data.tokens))}
     if str(corpus or "").startswith("task:") or (ckpt is not None and ckpt.corpus.get("task")):
         corpus_info["task"] = corpus or ckpt.corpus["task"]
-    _run_training(mcfg, tcfg, data, run, corpus_info, ckpt, quiet or not dist.is_main, notice, dist)
+    if planned is not None:
+        corpus_info["plan"] = planned.summary()
+        if not (quiet or not dist.is_main):
+            _print_plan(planned, mcfg, tcfg)
+    _run_training(mcfg, tcfg, data, run, corpus_info, ckpt, quiet or not dist.is_main, notice, dist,
+                  spent=_process_age() if ckpt is None else 0.0,
+                  eval_estimate=planned.eval_estimate if planned is not None else 0.0)
+
+
+def _process_age() -> float:
+    """Seconds since this process started (Linux), else since this module was imported."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED_AT
+
+
+_IMPORTED_AT = time.perf_counter()
+
+
+def _plan_defaults(given: dict[str, Any], preset: Optional[str], data: Any, stops: dict[str, float],
+                   device: Any) -> Any:
+    """Fill the settings the user left open from the budget, a speed probe and the corpus."""
+    from charrnn.autoplan import PRESETS, plan_run
+    from charrnn.corpus import split
+
+    fixed = dict(given)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise CharRNNError(f"unknown --preset '{preset}': choose {', '.join(PRESETS)}.")
+        fixed = {**PRESETS[preset], **given}  # flags win over the preset
+    train_tokens, val_tokens = split(data.tokens, given.get("val_frac", 0.1))
+    budget = stops["time_budget"] if not (stops["epochs"] or stops["max_steps"]) else 0.0
+    plan = plan_run(fixed, len(data.vocab), len(train_tokens), len(val_tokens), device, budget, stops["epochs"])
+    for key, value in fixed.items():  # the preset's sizes come back as chosen settings
+        if key not in given:
+            (plan.train if key in ("batch_size", "seq_len") else plan.model)[key] = value
+    return plan
+
+
+def _print_plan(plan: Any, mcfg: Any, tcfg: Any) -> None:
+    """Say what the planner chose, and how to override it."""
+    size = f"{mcfg.num_layers}x{mcfg.hidden_size} {mcfg.model}"
+    lines = [f"plan: {size}, embed {mcfg.embedding_size}, batch {tcfg.batch_size} x seq {tcfg.seq_len}, "
+             f"lr {tcfg.lr:g}, dropout {mcfg.dropout:g} ({mcfg.dropout_mask}), weight drop {mcfg.weight_drop:g}, "
+             f"{tcfg.evals} validations, patience {tcfg.patience}"]
+    if plan.probe:
+        probe = ", ".join(f"{h}: {r:,.0f}" for h, r in plan.probe.items())
+        lines.append(f"  probe {plan.probe_seconds:.1f}s, training chars/s by hidden size: {probe}; "
+                     f"about {plan.expected_epochs:.1f} epochs expected")
+    lines += [f"  {note}" for note in plan.notes]
+    lines.append("  every setting has its flag; --preset fixes the size; --no-auto plans nothing")
+    err.print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)
 
 
 def _prepare_task(name: str, length_min: int, length_max: int, chars: int, seed: int, data_dir: Path) -> Any:
@@ -221,7 +296,7 @@ def _prepare_task(name: str, length_min: int, length_max: int, chars: int, seed:
 
 
 def _run_training(mcfg: Any, tcfg: Any, data: Any, run: Any, corpus_info: dict, ckpt: Any, quiet: bool,
-                  notice: str = "", dist: Any = None) -> None:
+                  notice: str = "", dist: Any = None, spent: float = 0.0, eval_estimate: float = 0.0) -> None:
     from tqdm import tqdm
 
     from charrnn.distributed import Dist, is_peer_failure, peer_failure_message
@@ -269,7 +344,8 @@ def _run_training(mcfg: Any, tcfg: Any, data: Any, run: Any, corpus_info: dict, 
             bar.close()
 
     trainer = Trainer(mcfg, tcfg, data, run, corpus_info, resume=ckpt, on_event=on_event,
-                      should_stop=lambda: bool(stop["signal"]), dist=dist)
+                      should_stop=lambda: bool(stop["signal"]), dist=dist, spent=spent,
+                      eval_estimate=eval_estimate)
     if notice and not quiet:
         err.print(notice)
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}

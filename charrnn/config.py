@@ -20,6 +20,8 @@ MODELS = FUSED_MODELS + ("peephole-lstm", "gf-rnn", "gf-gru", "gf-lstm")
 # Kinds whose state is (h, c) rather than (h,).
 CELL_STATE_MODELS = ("lstm", "peephole-lstm", "gf-lstm")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+DROPOUT_MASKS = ("locked", "per-step")
+PRECISIONS = ("fp32", "bf16")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -35,6 +37,8 @@ class ModelConfig:
     hidden_size: int = 512  # units per recurrent layer
     embed_size: int = 0  # embedding width; 0 means equal to hidden_size
     dropout: float = 0.0  # on the embedding, between layers and before the head
+    dropout_mask: str = "locked"  # locked: one mask per sequence (variational); per-step: a fresh mask each step
+    weight_drop: float = 0.0  # DropConnect on the recurrent (hidden-to-hidden) weights, fused kinds only
 
     def __post_init__(self) -> None:
         _check(self.model in MODELS, f"unknown model '{self.model}': choose one of {', '.join(MODELS)}.")
@@ -43,6 +47,10 @@ class ModelConfig:
         _check(self.hidden_size >= 1, "--hidden must be at least 1.")
         _check(self.embed_size >= 0, "--embed must be 0 (same as --hidden) or positive.")
         _check(0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1).")
+        _check(self.dropout_mask in DROPOUT_MASKS, f"unknown --dropout-mask '{self.dropout_mask}': choose {' or '.join(DROPOUT_MASKS)}.")
+        _check(0.0 <= self.weight_drop < 1.0, "--weight-drop must be in [0, 1).")
+        _check(self.weight_drop == 0 or self.model in FUSED_MODELS,
+               f"--weight-drop works with {', '.join(FUSED_MODELS)}; '{self.model}' has no fused recurrent weights to drop.")
 
     @property
     def embedding_size(self) -> int:
@@ -61,12 +69,15 @@ class TrainConfig:
     lr: float = 2e-3  # peak learning rate of AdamW
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     warmup: float = 0.02  # fraction of the run spent warming up linearly
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    min_lr_ratio: float = 0.02  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # global gradient-norm clip; 0 disables
     epochs: float = 0.0  # stop after this many passes over the train split; 0 = unset
     max_steps: int = 0  # stop after this many steps; 0 = unset
     time_budget: float = 0.0  # stop after this many seconds of training; 0 = unset
-    eval_every: int = 0  # steps between validations; 0 = about ten per run
+    eval_every: int = 0  # steps between validations; 0 = `evals` spread over the run
+    evals: int = 10  # validations per run when eval_every is 0 (the last one at the end)
+    patience: int = 0  # early stop after this many validations without a new best; 0 = never
+    precision: str = "fp32"  # fp32 | bf16 (autocast matrix products; the weights stay fp32)
     log_every: int = 10  # steps between progress/metrics events
     keep_last: int = 0  # periodic step-N.pt checkpoints kept besides last.pt and best.pt
     val_frac: float = 0.1  # last fraction of the corpus used for validation
@@ -86,6 +97,9 @@ class TrainConfig:
         _check(self.max_steps >= 0, "--max-steps must be positive.")
         _check(self.time_budget >= 0, "--time-budget must be positive.")
         _check(self.eval_every >= 0, "--eval-every must be 0 (auto) or positive.")
+        _check(self.evals >= 1, "--evals must be at least 1.")
+        _check(self.patience >= 0, "--patience must be 0 (off) or positive.")
+        _check(self.precision in PRECISIONS, f"unknown --precision '{self.precision}': choose {' or '.join(PRECISIONS)}.")
         _check(self.log_every >= 1, "--log-every must be at least 1.")
         _check(self.keep_last >= 0, "--keep-last must be 0 (none) or positive.")
         _check(0.0 < self.val_frac < 1.0, "--val-frac must be in (0, 1).")

@@ -10,9 +10,11 @@ layer (cuDNN / oneDNN kernels); further kinds register their stack class in
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from charrnn.config import ModelConfig
@@ -22,11 +24,38 @@ State = tuple[Tensor, ...]
 _TORCH_MODULES: dict[str, type[nn.Module]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
+class SequenceDropout(nn.Module):
+    """Dropout on (B, T, C) activations.
+
+    "locked" draws one mask per sequence and feature and keeps it for all T steps
+    (variational dropout, Gal & Ghahramani 2016; AWD-LSTM's LockedDropout), so a
+    dropped unit stays dropped through the recurrence; "per-step" is plain dropout.
+    """
+
+    def __init__(self, p: float, mask: str = "locked") -> None:
+        super().__init__()
+        self.p, self.locked = p, mask == "locked"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if not self.locked:
+            return F.dropout(x, self.p, True)
+        keep = 1.0 - self.p
+        mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(keep).div_(keep)
+        return x * mask
+
+
 class FusedStack(nn.Module):
     """Stacked torch RNN modules, one per layer, dropout between layers.
 
     One module per layer (rather than torch's num_layers) keeps every layer's
     weights addressable by the same names for every depth: layers.{l}.weight_ih_l0.
+
+    With `weight_drop`, each training forward multiplies the hidden-to-hidden
+    matrices by a fresh DropConnect mask (Wan et al. 2013; as in AWD-LSTM, Merity
+    et al. 2017): one mask per batch, the same at every step, so the fused
+    cuDNN/oneDNN kernel still runs the whole sequence.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -34,7 +63,8 @@ class FusedStack(nn.Module):
         module = _TORCH_MODULES[cfg.model]
         sizes = [cfg.embedding_size] + [cfg.hidden_size] * (cfg.num_layers - 1)
         self.layers = nn.ModuleList(module(n, cfg.hidden_size, batch_first=True) for n in sizes)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = SequenceDropout(cfg.dropout, cfg.dropout_mask)
+        self.weight_drop = cfg.weight_drop
         self.is_lstm = cfg.model == "lstm"
         if self.is_lstm:
             # Forget-gate bias 1 (Gers et al. 2000; Jozefowicz et al. 2015): remember by default.
@@ -49,14 +79,23 @@ class FusedStack(nn.Module):
         for i, layer in enumerate(self.layers):
             if i > 0:
                 x = self.drop(x)
+            hx = (state[0][i : i + 1], state[1][i : i + 1]) if self.is_lstm else state[0][i : i + 1]
+            x, h = self._run_layer(layer, x, hx)
             if self.is_lstm:
-                x, (h, c) = layer(x, (state[0][i : i + 1], state[1][i : i + 1]))
-                new[0].append(h)
-                new[1].append(c)
+                new[0].append(h[0])
+                new[1].append(h[1])
             else:
-                x, h = layer(x, state[0][i : i + 1])
                 new[0].append(h)
         return x, tuple(torch.cat(parts, 0) for parts in new)
+
+    def _run_layer(self, layer: nn.Module, x: Tensor, hx: object) -> tuple[Tensor, object]:
+        if not (self.training and self.weight_drop > 0):
+            return layer(x, hx)
+        dropped = {"weight_hh_l0": F.dropout(layer.weight_hh_l0, self.weight_drop, True)}
+        with warnings.catch_warnings():
+            # cuDNN copies weights that are not in its flat buffer, and says so each call.
+            warnings.filterwarnings("ignore", message=".*contiguous chunk of memory.*")
+            return torch.func.functional_call(layer, dropped, (x, hx))
 
 
 # model kind -> stack class; extra kinds add themselves here (see charrnn.recurrent).
@@ -76,7 +115,7 @@ class CharRNN(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embedding_size)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = SequenceDropout(cfg.dropout, cfg.dropout_mask)
         self.stack = _stack_for(cfg)
         self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size)
 

@@ -28,7 +28,6 @@ from charrnn.model import CharRNN, State, detach_state
 from charrnn.runs import RunLock, RunPaths
 
 BAD_STEPS_BEFORE_ROLLBACK = 3  # consecutive non-finite steps before rolling back
-EVALS_PER_RUN = 10  # automatic validation cadence when --eval-every is 0
 
 Event = dict[str, Any]
 
@@ -36,6 +35,7 @@ Event = dict[str, Any]
 @dataclass
 class TrainResult:
     status: str  # "done" | "interrupted"
+    reason: str  # what ended it: "steps", "time", "epochs", "patience" or "signal"
     step: int
     epoch: int
     best_val: float
@@ -109,6 +109,16 @@ def _set_rng_state(rng: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(rng["cuda"], device)
 
 
+def check_precision(precision: str, device: torch.device) -> bool:
+    """True when training autocasts to bf16; raises CharRNNError where it cannot."""
+    if precision == "bf16" and device.type != "cuda":
+        raise CharRNNError(
+            f"--precision bf16 needs a CUDA device (torch's {device.type} RNN kernels have no bf16 "
+            "path on this machine): use --precision fp32 here."
+        )
+    return precision == "bf16"
+
+
 class Trainer:
     """One training run: build or restore, then `run()` until a stop criterion or a stop request."""
 
@@ -123,7 +133,14 @@ class Trainer:
         on_event: Callable[[Event], None] = lambda e: None,
         should_stop: Callable[[], bool] = lambda: False,
         dist: Dist | None = None,
+        spent: float = 0.0,
+        eval_estimate: float = 0.0,
     ) -> None:
+        """`spent`: seconds the user already waited for this run (corpus preparation, the
+        speed probe); a fresh run counts them against its time budget. `eval_estimate`:
+        expected seconds of one validation, kept free at the end of a time budget until
+        a real validation has been timed."""
+        self.eval_estimate = eval_estimate
         if not (train_cfg.epochs or train_cfg.max_steps or train_cfg.time_budget):
             raise CharRNNError("no stop criterion: give --epochs, --max-steps or --time-budget.")
         self.dist = dist if dist is not None else Dist()  # ranks under torchrun; Dist() = one process
@@ -163,10 +180,14 @@ class Trainer:
         self.lr_scale = 1.0  # halved by each rollback after divergence
         self.rolled_back = False  # a rollback happened since the last good checkpoint
         self.best_val = self.last_val = math.inf
+        self.stale_evals = 0  # validations since the last new best
         self.last_eval_step = -1
+        self.autocast = check_precision(train_cfg.precision, self.device)
         self.state = self.model.init_state(self.batcher.batch_size, self.device)
         if resume is not None:
             self._restore(resume)
+        else:
+            self.elapsed = spent
 
     # -- state ---------------------------------------------------------------------------
     def _restore(self, ckpt: Checkpoint) -> None:
@@ -180,6 +201,7 @@ class Trainer:
         self.lr_scale = float(p.get("lr_scale", 1.0))
         self.best_val = float(p.get("best_val", math.inf))
         self.last_val = float(p.get("last_val", math.inf))
+        self.stale_evals = int(p.get("stale_evals", 0))
         if ckpt.hidden is not None and all(h.shape[1] == self.cfg.batch_size for h in ckpt.hidden):
             self.state = self.dist.shard_state(tuple(h.to(self.device) for h in ckpt.hidden))
         _set_rng_state(self.dist.rank_rng(ckpt.rng), self.device)
@@ -198,6 +220,7 @@ class Trainer:
                 "elapsed": self.elapsed,
                 "best_val": self.best_val,
                 "last_val": self.last_val,
+                "stale_evals": self.stale_evals,
                 "skipped": self.skipped,
                 "lr_scale": self.lr_scale,
                 "steps_per_epoch": self.batcher.steps_per_epoch,
@@ -267,7 +290,7 @@ class Trainer:
         if not self.dist.is_main:  # rank 0 alone logs
             return
         event = {"time": round(self.elapsed, 3), **event}
-        if event["event"] in ("train", "eval", "start", "end", "skip", "rollback"):
+        if event["event"] in ("train", "eval", "start", "end", "skip", "rollback", "early_stop"):
             with open(self.run_paths.metrics, "a", encoding="utf-8") as f:
                 f.write(json.dumps(event) + "\n")
         self.on_event(event)
@@ -291,9 +314,10 @@ class Trainer:
         self.last_eval_step = self.step
         if improved:
             self.best_val = val
+        self.stale_evals = 0 if improved else self.stale_evals + 1
         self._emit(
             {"event": "eval", "step": self.step, "epoch": self.epoch, "val_loss": val,
-             "val_bpc": val / math.log(2), "best_val": self.best_val}
+             "val_bpc": val / math.log(2), "best_val": self.best_val, "stale": self.stale_evals}
         )
         self.save(best=improved)
         return val
@@ -327,15 +351,15 @@ class Trainer:
         self.model.train()
         params = [p for p in self.model.parameters()]
         chars_per_step = cfg.batch_size * cfg.seq_len
-        eval_cost = 0.0  # seconds the last validation took, reserved at the end of a time budget
+        eval_cost = self.eval_estimate  # seconds the last validation took, reserved at the end of a time budget
         next_eval = self._next_eval_mark()
         window_loss = torch.zeros((), device=self.device)
         window_steps, window_start, bad_in_row = 0, time.perf_counter(), 0
-        status = "done"
+        status, reason = "done", ""
         clock = time.perf_counter()
-        while not self._finished(eval_cost):
+        while not (reason := self._finished(eval_cost)):
             if self.should_stop():
-                status = "interrupted"
+                status, reason = "interrupted", "signal"
                 break
             if self.cursor >= self.batcher.steps_per_epoch:  # epoch wraps: streams restart at their heads
                 self.cursor = 0
@@ -347,8 +371,9 @@ class Trainer:
             lr = lr_at(cfg, self.progress()) * self.lr_scale
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            logits, new_state = self.net(xb, self.state)
-            loss = F.cross_entropy(logits.flatten(0, 1), yb.flatten())
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+                logits, new_state = self.net(xb, self.state)
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), yb.flatten())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             loss = self.dist.mean(loss.detach())  # the global batch's loss: every rank skips or steps alike
@@ -397,6 +422,11 @@ class Trainer:
                 if cfg.time_budget:
                     self.elapsed, eval_cost = self.dist.agree_max(self.elapsed, eval_cost)
                 window_start = clock
+                if cfg.patience and self.stale_evals >= cfg.patience:
+                    reason = "patience"  # every rank saw the same val: they stop together
+                    self._emit({"event": "early_stop", "step": self.step, "best_val": self.best_val,
+                                "stale": self.stale_evals})
+                    break
         if status == "done" or self.step > 0:
             t0 = time.perf_counter()
             if status == "done" and self.last_eval_step != self.step:
@@ -405,21 +435,26 @@ class Trainer:
                 self.save()
             self.elapsed += time.perf_counter() - t0
         rate = self.step * chars_per_step / max(self.elapsed, 1e-9)
-        self._emit({"event": "end", "status": status, "step": self.step, "best_val": self.best_val})
+        self._emit({"event": "end", "status": status, "reason": reason, "step": self.step,
+                    "best_val": self.best_val})
         self.net = self.model  # drop DDP before the process group: a reducer freed after it can deadlock gloo
-        return TrainResult(status, self.step, self.epoch, self.best_val, self.last_val,
+        return TrainResult(status, reason, self.step, self.epoch, self.best_val, self.last_val,
                            self.elapsed, rate, self.skipped, self.run_paths)
 
-    def _finished(self, eval_cost: float) -> bool:
+    def _finished(self, eval_cost: float) -> str:
+        """Why the run is over ("" while it is not)."""
         if self.total_steps and self.step >= self.total_steps:
-            return True
-        return bool(self.cfg.time_budget) and self.elapsed + eval_cost >= self.cfg.time_budget
+            return "epochs" if self.cfg.epochs and not self.cfg.max_steps else "steps"
+        if self.cfg.time_budget and self.elapsed + eval_cost >= self.cfg.time_budget:
+            return "time"
+        return ""
 
     def _next_eval_mark(self) -> float:
         """Next step (with --eval-every) or next progress fraction at which to validate."""
         if self.cfg.eval_every:
             return float((self.step // self.cfg.eval_every + 1) * self.cfg.eval_every)
-        return (math.floor(self.progress() * EVALS_PER_RUN + 1e-9) + 1) / EVALS_PER_RUN
+        n = self.cfg.evals
+        return (math.floor(self.progress() * n + 1e-9) + 1) / n
 
     def _due(self, mark: float) -> bool:
         if self.cfg.eval_every:

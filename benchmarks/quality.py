@@ -1,0 +1,111 @@
+"""Validation loss per time budget: `charrnn train CORPUS --time-budget X` with the defaults
+(and, for the ablation, the defaults with one technique switched), one run after another.
+
+Each run is a fresh `charrnn` process, timed from outside (wall time includes start-up,
+corpus preparation and the speed probe). The table gives the best validation loss on
+the whole val split in nats/char and bits/char, when it was reached, and what the planner
+chose. Results go to a JSON file and a markdown table.
+
+    python benchmarks/quality.py --budgets 100s,10m --json benchmarks/results/quality-cpu.json
+    python benchmarks/quality.py --budgets 10m --variant "no dropout|--dropout 0 --weight-drop 0"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+
+
+def run_once(corpus: Path, budget: str, flags: list[str], runs_dir: Path, name: str, data_dir: Path) -> dict:
+    cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), "--time-budget", budget, "--name", name,
+           "--runs-dir", str(runs_dir), "--data-dir", str(data_dir), "--quiet", *flags]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        return {"budget": budget, "flags": flags, "error": proc.stderr.strip()[-500:], "wall_s": wall}
+    run = runs_dir / name
+    config = json.loads((run / "config.json").read_text())
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    evals = [e for e in events if e["event"] == "eval"]
+    best = min(evals, key=lambda e: e["val_loss"])
+    end = next((e for e in reversed(events) if e["event"] == "end"), {})
+    model, train = config["model"], config["train"]
+    return {
+        "budget": budget, "flags": flags, "wall_s": round(wall, 1),
+        "best_val": best["val_loss"], "best_bpc": best["val_loss"] / math.log(2),
+        "best_at_s": best["time"], "best_step": best["step"], "steps": end.get("step"),
+        "stop": end.get("reason"), "epochs": round(end.get("step", 0) / max(config["steps_per_epoch"], 1), 2),
+        "evals": [(e["time"], round(e["val_loss"], 4)) for e in evals],
+        "config": f"{model['num_layers']}x{model['hidden_size']} {model['model']}, embed {model['embed_size']}, "
+                  f"B={train['batch_size']} T={train['seq_len']}, lr {train['lr']:g}, dropout {model['dropout']:g} "
+                  f"({model['dropout_mask']}), weight drop {model['weight_drop']:g}, {train['precision']}",
+        "plan": config["corpus"].get("plan"), "device": config["device"],
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| budget | variant | best val nats/char | bits/char | reached at | wall | epochs | stop | configuration |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['budget']} | {r['variant']} | error | | | {r['wall_s']:.0f} s | | | {r['error'][:80]} |")
+            continue
+        lines.append(f"| {r['budget']} | {r['variant']} | {r['best_val']:.4f} | {r['best_bpc']:.4f} | "
+                     f"{r['best_at_s']:.0f} s | {r['wall_s']:.0f} s | {r['epochs']} | {r['stop']} | {r['config']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, default=SHARED_CORPUS)
+    parser.add_argument("--budgets", default="100s,10m", help="comma separated durations")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="'name|flags' run besides the defaults (repeatable); 'defaults|' is always first")
+    parser.add_argument("--no-defaults", action="store_true", help="run only the variants")
+    parser.add_argument("--keep", type=Path, help="keep the run folders here (default: a temporary folder)")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--markdown", type=Path)
+    args = parser.parse_args()
+    if not args.corpus.is_file():
+        sys.exit(f"corpus {args.corpus} not found: pass --corpus (tiny-shakespeare is expected beside the project)")
+    variants = ([] if args.no_defaults else [("defaults", [])]) + [
+        (v.split("|", 1)[0].strip(), shlex.split(v.split("|", 1)[1])) for v in args.variant]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        runs_dir = args.keep or Path(tmp) / "runs"
+        for budget in args.budgets.split(","):
+            for i, (label, flags) in enumerate(variants):
+                row = {"variant": label, **run_once(args.corpus, budget, flags, runs_dir,
+                                                    f"q-{budget}-{i}-{int(time.time())}", Path(tmp) / "data")}
+                rows.append(row)
+                shown = {k: row.get(k) for k in ("budget", "variant", "best_val", "best_bpc", "best_at_s", "wall_s",
+                                                 "stop", "config", "error")}
+                print(json.dumps(shown), flush=True)
+    report = {"benchmark": "quality", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+              "corpus": str(args.corpus), "rows": rows}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    table = markdown(rows)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Budget-aware defaults: the model and training settings for a time budget.
+
+Given the time budget, the corpus size and the device, `plan_run` picks the
+settings a user did not give on the command line:
+
+- size: a few training steps of growing 2-layer LSTMs are timed on the device
+  (the probe, a few seconds); the largest size that still sees at least
+  `CHARS_PER_PARAM` training characters per parameter within the budget wins,
+  capped at `PARAMS_PER_TRAIN_CHAR` parameters per character of the train split
+  so that a tiny corpus does not get a huge model;
+- dropout and weight drop: from the number of passes over the data the budget
+  allows (none while the model is under-fitted, up to 0.5 when it sees the text
+  dozens of times), with early stopping as a guard;
+- validation: the number of validations (and, for a huge corpus, the length of
+  the scored prefix of the val split) so that validating costs a few percent of
+  the budget.
+
+The constants below were calibrated on tiny-shakespeare on a 2-core CPU and an
+H100/H200 (benchmarks/quality.py, RESULTS.md). Every choice is reported and a
+flag given by the user always wins.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from charrnn.config import ModelConfig
+
+# Named fixed sizes for `--preset`: model and batch settings (dropout stays automatic).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"num_layers": 2, "hidden_size": 128, "embed_size": 64, "batch_size": 32, "seq_len": 100},
+    "small": {"num_layers": 2, "hidden_size": 256, "embed_size": 64, "batch_size": 32, "seq_len": 100},
+    "medium": {"num_layers": 2, "hidden_size": 512, "embed_size": 64, "batch_size": 32, "seq_len": 100},
+    "large": {"num_layers": 2, "hidden_size": 1024, "embed_size": 64, "batch_size": 128, "seq_len": 256},
+    "xl": {"num_layers": 3, "hidden_size": 1536, "embed_size": 64, "batch_size": 128, "seq_len": 256},
+}
+# Size ladders probed, smallest first, and the batch shape used with them.
+LADDER = {"cpu": (128, 256, 384, 512, 768, 1024), "gpu": (256, 512, 768, 1024, 1536, 2048)}
+SHAPE = {"cpu": (32, 100), "gpu": (128, 256)}  # (batch_size, seq_len)
+EMBED = 64  # embedding width: the first layer's input is a lookup of rank <= vocab anyway
+CHARS_PER_PARAM = 1.0  # training characters per parameter the budget must allow
+PARAMS_PER_TRAIN_CHAR = 15.0  # largest model per character of the train split
+FALLBACK_HIDDEN = 512  # size when the budget is not a time (epochs or steps)
+EVAL_SHARE = 0.06  # share of the budget spent validating, at most
+EVAL_MAX_SHARE_EACH = 0.03  # one validation at most this share; longer val splits are cut
+PROBE_SHARE = 0.05  # the probe stops once it has used this share of the budget
+PATIENCE = 3  # validations without a new best before stopping early
+
+
+@dataclass
+class Plan:
+    """What the planner chose (only settings the user left open) and why."""
+
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
+    probe: dict[int, float] = field(default_factory=dict)  # hidden size -> measured train chars/s
+    probe_seconds: float = 0.0
+    chars_per_s: float = 0.0  # expected training speed of the chosen size
+    expected_epochs: float = 0.0
+    eval_estimate: float = 0.0  # expected seconds of one validation
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {"model": self.model, "train": self.train, "probe_chars_per_s": self.probe,
+                "probe_seconds": round(self.probe_seconds, 2), "expected_chars_per_s": round(self.chars_per_s),
+                "expected_epochs": round(self.expected_epochs, 2), "notes": self.notes}
+
+
+def count_lstm_params(vocab: int, layers: int, hidden: int, embed: int) -> int:
+    """Parameters of embedding -> `layers` x LSTM(hidden) -> linear head."""
+    first = 4 * hidden * (embed + hidden) + 8 * hidden
+    rest = (layers - 1) * (4 * hidden * 2 * hidden + 8 * hidden)
+    return vocab * embed + first + rest + hidden * vocab + vocab
+
+
+def measure_train_speed(cfg: ModelConfig, batch_size: int, seq_len: int, device: torch.device,
+                        steps: int = 2) -> float:
+    """Training characters per second of `cfg` on `device`: one warm-up step, then
+    `steps` timed steps (forward, backward, clip, AdamW) on random tokens."""
+    from charrnn.model import CharRNN
+
+    model = CharRNN(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randint(0, cfg.vocab_size, (batch_size, seq_len + 1), device=device)
+    state = model.init_state(batch_size, device)
+
+    def step() -> None:
+        logits, _ = model(x[:, :-1], state)
+        loss = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return steps * batch_size * seq_len / (time.perf_counter() - t0)
+
+
+def plan_run(
+    given: dict[str, Any],
+    vocab_size: int,
+    train_chars: int,
+    val_chars: int,
+    device: torch.device,
+    budget: float,
+    epochs: float = 0.0,
+    measure: Callable[..., float] = measure_train_speed,
+) -> Plan:
+    """Choose the settings missing from `given` (CLI options the user set, by field name).
+
+    budget: seconds (0 when the run stops by epochs or steps: no probe then).
+    `measure(cfg, batch_size, seq_len, device)` returns train chars/s (injectable for tests).
+    """
+    plan = Plan()
+    kind = "gpu" if device.type == "cuda" else "cpu"
+    model_kind = given.get("model", "lstm")
+    layers = given.get("num_layers", 2)
+    embed = given.get("embed_size", EMBED)
+    batch, seq = given.get("batch_size", SHAPE[kind][0]), given.get("seq_len", SHAPE[kind][1])
+    # A short corpus shortens the streams: keep at least ~20 steps per epoch.
+    if "batch_size" not in given:
+        while batch > 1 and train_chars // batch < seq * 20:
+            batch //= 2
+    if "seq_len" not in given:
+        seq = min(seq, max(train_chars // batch - 1, 1))
+    if (train_chars - 1) // batch < seq:
+        from charrnn.batching import StreamBatcher
+
+        StreamBatcher(torch.zeros(train_chars).numpy(), batch, seq)  # raises the error that says what fits
+
+    def config(hidden: int) -> ModelConfig:
+        return ModelConfig(vocab_size=vocab_size, model=model_kind, num_layers=layers, hidden_size=hidden,
+                           embed_size=embed)
+
+    if "hidden_size" in given:
+        hidden = given["hidden_size"]
+        if budget:
+            t0 = time.perf_counter()
+            plan.probe[hidden] = measure(config(hidden), batch, seq, device)
+            plan.probe_seconds = time.perf_counter() - t0
+    elif budget:
+        hidden = _probe_size(plan, config, batch, seq, device, budget, train_chars, measure)
+    else:
+        hidden = FALLBACK_HIDDEN
+    if model_kind != "lstm" and "hidden_size" not in given:
+        plan.notes.append(f"sizes were probed as {model_kind}")
+
+    plan.chars_per_s = plan.probe.get(hidden, 0.0)
+    seen = plan.chars_per_s * budget * (1 - EVAL_SHARE) - plan.chars_per_s * plan.probe_seconds
+    plan.expected_epochs = epochs or max(seen, 0.0) / max(train_chars, 1)
+    dropout = _dropout_for(plan.expected_epochs)
+    lr = 2e-3 * math.sqrt(512 / hidden) * (batch / 32) ** 0.25
+    chosen_model = {"num_layers": layers, "hidden_size": hidden, "embed_size": embed, "dropout": round(dropout, 3),
+                    "weight_drop": round(dropout / 2, 3) if model_kind in ("lstm", "gru", "rnn") else 0.0}
+    chosen_train = {"batch_size": batch, "seq_len": seq, "lr": float(f"{min(max(lr, 5e-4), 4e-3):.2g}"),
+                    "patience": PATIENCE}
+    if budget and plan.chars_per_s:
+        _plan_validation(plan, chosen_train, budget, val_chars)
+    plan.model = {k: v for k, v in chosen_model.items() if k not in given}
+    plan.train = {k: v for k, v in chosen_train.items() if k not in given}
+    return plan
+
+
+def _probe_size(plan: Plan, config: Callable[[int], ModelConfig], batch: int, seq: int, device: torch.device,
+                budget: float, train_chars: int, measure: Callable[..., float]) -> int:
+    """Time the ladder smallest first; keep the largest size the budget and corpus carry."""
+    kind = "gpu" if device.type == "cuda" else "cpu"
+    ladder = LADDER[kind]
+    chosen = ladder[0]
+    t0 = time.perf_counter()
+    for hidden in ladder:
+        cfg = config(hidden)
+        params = count_lstm_params(cfg.vocab_size, cfg.num_layers, hidden, cfg.embed_size)
+        if hidden != ladder[0] and params > PARAMS_PER_TRAIN_CHAR * train_chars:
+            plan.notes.append(f"{hidden} units skipped: {params / 1e6:.1f}M parameters for "
+                              f"{train_chars / 1e6:.2f}M training characters")
+            break
+        rate = measure(cfg, batch, seq, device)
+        plan.probe[hidden] = rate
+        if hidden != ladder[0] and rate * budget < CHARS_PER_PARAM * params:
+            break  # this size would see too little text in the budget
+        chosen = hidden
+        # The next rung has about twice the parameters at about half the speed: skip
+        # probing it when that cannot pass, or when the probe has used its share.
+        if rate * budget < 4 * CHARS_PER_PARAM * params or time.perf_counter() - t0 > PROBE_SHARE * budget:
+            break
+    plan.probe_seconds = time.perf_counter() - t0
+    return chosen
+
+
+def _dropout_for(epochs: float) -> float:
+    """No dropout while under-fitted (few passes); 0.5 once the text is seen ~25+ times."""
+    return min(max((epochs - 5.0) / 40.0, 0.0), 0.5)
+
+
+def _plan_validation(plan: Plan, train: dict[str, Any], budget: float, val_chars: int) -> None:
+    """Validation cadence and length so validating stays a few percent of the budget."""
+    eval_rate = 3.0 * plan.chars_per_s  # a forward pass costs about a third of a training step
+    scored = val_chars
+    longest = int(EVAL_MAX_SHARE_EACH * budget * eval_rate)
+    if val_chars > longest:
+        scored = max(longest, 10_000)
+        train["val_chars"] = scored
+        plan.notes.append(f"validation scores the first {scored:,} of {val_chars:,} val characters")
+    plan.eval_estimate = scored / eval_rate + 0.05
+    train["evals"] = int(min(max(EVAL_SHARE * budget / plan.eval_estimate, 2), 20))

@@ -1,0 +1,182 @@
+"""The budget planner, presets, locked dropout, weight drop, early stopping, bf16 autocast."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import charrnn.training as training
+from charrnn.autoplan import count_lstm_params, plan_run
+from charrnn.cli import app
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.corpus import prepare
+from charrnn.errors import CharRNNError
+from charrnn.model import CharRNN, SequenceDropout
+from charrnn.runs import RunPaths, read_metrics
+from charrnn.training import Trainer
+from tests.conftest import TINY_TRAIN, make_text
+
+CPU = torch.device("cpu")
+
+
+def flops_device(macs_per_s: float):
+    """A fake probe: speed inversely proportional to the work per character."""
+    calls: list[int] = []
+
+    def measure(cfg: ModelConfig, batch_size: int, seq_len: int, device: torch.device) -> float:
+        calls.append(cfg.hidden_size)
+        params = count_lstm_params(cfg.vocab_size, cfg.num_layers, cfg.hidden_size, cfg.embed_size)
+        return macs_per_s / (6 * params)
+
+    measure.calls = calls  # type: ignore[attr-defined]
+    return measure
+
+
+def test_count_lstm_params_matches_the_model() -> None:
+    cfg = ModelConfig(vocab_size=65, num_layers=2, hidden_size=48, embed_size=16)
+    assert count_lstm_params(65, 2, 48, 16) == sum(p.numel() for p in CharRNN(cfg).parameters())
+
+
+def test_a_longer_budget_or_a_faster_device_gets_a_larger_model() -> None:
+    args = dict(vocab_size=65, train_chars=1_000_000, val_chars=111_000, device=CPU)
+    short = plan_run({}, budget=100, measure=flops_device(100e9), **args)
+    long = plan_run({}, budget=600, measure=flops_device(100e9), **args)
+    fast = plan_run({}, budget=100, measure=flops_device(2000e9), **args)
+    sizes = [p.model["hidden_size"] for p in (short, long, fast)]
+    assert sizes[0] < sizes[1] and sizes[0] < sizes[2]
+    for plan, budget in ((short, 100), (long, 600), (fast, 100)):  # each sees enough text in its budget
+        assert plan.chars_per_s * budget >= count_lstm_params(65, 2, plan.model["hidden_size"], 64)
+    assert short.model["dropout"] == 0.0  # a few epochs: under-fitted, no dropout
+    assert "val_chars" not in long.train  # tiny-shakespeare's val split is scored whole
+
+
+def test_a_tiny_corpus_gets_a_capped_model_and_strong_regularisation() -> None:
+    measure = flops_device(2000e9)
+    plan = plan_run({}, 65, train_chars=90_000, val_chars=10_000, device=CPU, budget=600, measure=measure)
+    params = count_lstm_params(65, 2, plan.model["hidden_size"], 64)
+    assert params <= 15 * 90_000
+    assert plan.model["dropout"] == 0.5 and plan.model["weight_drop"] > 0
+    assert plan.train["patience"] >= 1
+    assert any("skipped" in note for note in plan.notes)
+
+
+def test_a_huge_val_split_is_cut_to_fit_the_budget() -> None:
+    plan = plan_run({}, 200, train_chars=90_000_000, val_chars=10_000_000, device=CPU, budget=100,
+                    measure=flops_device(100e9))
+    assert 10_000 <= plan.train["val_chars"] < 10_000_000
+    assert plan.eval_estimate <= 0.04 * 100
+    assert plan.model["dropout"] == 0.0  # far less than one epoch
+
+
+def test_given_settings_are_never_replaced_and_not_probed_beyond_need() -> None:
+    measure = flops_device(100e9)
+    given = {"hidden_size": 96, "dropout": 0.2, "batch_size": 8, "lr": 1e-3}
+    plan = plan_run(given, 65, 1_000_000, 111_000, CPU, budget=100, measure=measure)
+    assert not set(given) & (set(plan.model) | set(plan.train))
+    assert measure.calls == [96]  # type: ignore[attr-defined]
+
+
+def test_without_a_time_budget_nothing_is_probed() -> None:
+    measure = flops_device(100e9)
+    plan = plan_run({}, 65, 1_000_000, 111_000, CPU, budget=0, epochs=30, measure=measure)
+    assert measure.calls == [] and plan.model["hidden_size"] == 512  # type: ignore[attr-defined]
+    assert plan.model["dropout"] > 0  # 30 epochs over the text: regularise
+
+
+def test_train_prints_and_records_the_plan(runner, corpus: Path) -> None:
+    result = runner.invoke(app, ["train", str(corpus), "--time-budget", "4s", "--name", "p", "--preset", "tiny",
+                                 "--batch-size", "4", "--seq-len", "16"])
+    assert result.exit_code == 0, result.output
+    assert "plan: 2x128 lstm" in result.output and "probe" in result.output
+    info = json.loads(Path("checkpoints/p/config.json").read_text())
+    assert info["model"]["hidden_size"] == 128 and info["model"]["embed_size"] == 64
+    assert info["train"]["batch_size"] == 4 and info["train"]["patience"] == 3
+    assert 128 in {int(k) for k in info["corpus"]["plan"]["probe_chars_per_s"]}
+
+
+def test_bad_preset_and_weight_drop_on_a_custom_kind_are_one_line_errors(runner, corpus: Path) -> None:
+    for args, words in ((["--preset", "huge"], "unknown --preset"),
+                        (["--preset", "tiny", "--no-auto"], "--preset needs the planner"),
+                        (["--model", "gf-rnn", "--weight-drop", "0.3"], "--weight-drop works with"),
+                        (["--dropout-mask", "zigzag"], "--dropout-mask"),
+                        (["--precision", "fp8"], "--precision")):
+        result = runner.invoke(app, ["train", str(corpus), "--max-steps", "1", *TINY_TRAIN, *args])
+        assert result.exit_code == 1, (args, result.output)
+        assert result.output.count("error:") == 1 and words in result.output, result.output
+
+
+def test_locked_dropout_keeps_one_mask_for_the_whole_sequence() -> None:
+    x = torch.ones(4, 50, 32)
+    locked = SequenceDropout(0.5, "locked").train()(x)
+    assert torch.equal(locked, locked[:, :1].expand_as(locked))  # same mask at every step
+    assert 0.3 < (locked == 0).float().mean() < 0.7
+    per_step = SequenceDropout(0.5, "per-step").train()(x)
+    assert not torch.equal(per_step, per_step[:, :1].expand_as(per_step))
+    assert torch.equal(SequenceDropout(0.5).eval()(x), x)
+
+
+def test_weight_drop_masks_recurrent_weights_in_training_only() -> None:
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=10, num_layers=2, hidden_size=16, weight_drop=0.5))
+    x = torch.randint(0, 10, (3, 7))
+    logits, _ = model(x, model.init_state(3))
+    logits.sum().backward()
+    grad = model.stack.layers[0].weight_hh_l0.grad
+    assert 0.35 < (grad == 0).float().mean() < 0.65  # dropped weights get no gradient
+    model.eval()
+    a, _ = model(x, model.init_state(3))
+    b, _ = model(x, model.init_state(3))
+    assert torch.equal(a, b)
+
+
+def _trainer(tmp_path: Path, **train: object) -> Trainer:
+    path = tmp_path / "c.txt"
+    path.write_text(make_text(6000), encoding="utf-8")
+    data = prepare(path, tmp_path / "data")
+    mcfg = ModelConfig(vocab_size=len(data.vocab), num_layers=1, hidden_size=16)
+    tcfg = TrainConfig(batch_size=4, seq_len=16, **train)
+    info = {"path": str(path), "sha256": data.sha256, "encoding": "utf-8", "chars": len(data.tokens)}
+    return Trainer(mcfg, tcfg, data, RunPaths(tmp_path / "runs" / "r"), info)
+
+
+def test_patience_stops_the_run_when_validation_stops_improving(tmp_path: Path, monkeypatch) -> None:
+    losses = iter([2.0, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0, 2.1, 2.2, 2.3, 2.4])
+    monkeypatch.setattr(training, "evaluate", lambda *a, **k: next(losses))
+    result = _trainer(tmp_path, max_steps=100, evals=10, patience=2).run()
+    assert (result.status, result.reason) == ("done", "patience")
+    assert result.step == 40 and result.best_val == 1.5  # validations at steps 10, 20 (best), 30, 40
+    events = [e["event"] for e in read_metrics(result.run)]
+    assert events[-2:] == ["early_stop", "end"]
+    assert load_best_step(result.run) == 20
+
+
+def load_best_step(run: RunPaths) -> int:
+    from charrnn.checkpoint import load_checkpoint
+
+    return int(load_checkpoint(run.best).progress["step"])
+
+
+def test_bf16_autocast_runs_on_cuda_and_is_refused_on_cpu(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        result = _trainer(tmp_path, max_steps=6, precision="bf16", device="cuda").run()
+        assert result.step == 6 and result.best_val < 10
+    else:
+        with pytest.raises(CharRNNError, match="needs a CUDA device"):
+            _trainer(tmp_path, max_steps=6, precision="bf16", device="cpu")
+
+
+def test_budget_counts_time_already_spent(tmp_path: Path) -> None:
+    path = tmp_path / "c.txt"
+    path.write_text(make_text(6000), encoding="utf-8")
+    data = prepare(path, tmp_path / "data")
+    mcfg = ModelConfig(vocab_size=len(data.vocab), num_layers=1, hidden_size=16)
+    info = {"path": str(path), "sha256": data.sha256, "encoding": "utf-8", "chars": len(data.tokens)}
+    trainer = Trainer(mcfg, TrainConfig(batch_size=4, seq_len=16, time_budget=3.0), data,
+                      RunPaths(tmp_path / "runs" / "r"), info, spent=2.5)
+    result = trainer.run()
+    assert result.reason == "time" and result.elapsed < 3.5
+    with pytest.raises(CharRNNError):
+        ModelConfig(vocab_size=5, model="gf-gru", weight_drop=0.1)
