@@ -1,22 +1,27 @@
-"""Sampling throughput: the naive one-step module call against charrnn's fast step.
+"""Sampling throughput: the naive one-step model call against charrnn's fast step.
 
 For each kind (2x512 by default) and each stream count, every method runs the
-same sampling loop -- step, softmax with temperature, multinomial draw on the
-CPU, feed the draw back -- and reports characters per second (streams x steps
-per second). Methods:
+same sampling loop -- step, then charrnn's own draw (`sampling.pick_next`,
+temperature 0.8, on the CPU), feed the draw back -- and reports characters per
+second (streams x steps per second). `--draw none` leaves the draw out, to time
+the steps alone. Methods:
 
-    naive   model(x[:, None], state): torch's nn.LSTM/GRU/RNN, one step per call
-    cell    a bare hand-written step: embedding, then torch.{lstm,gru,rnn_tanh}_cell
-            per layer (two addmm each, torch's own pointwise code)
+    naive   model(x[:, None], state): one step through the model's own forward
+            (torch's nn.LSTM/GRU/RNN for the fused kinds, the TorchScript loop of
+            charrnn.recurrent for the others)
     fp32 / bf16 / int8   charrnn.fastpath.build_stepper(model, weights)
+    limit   the fp32 fast step's matmuls alone, on its very weights: the table
+            gather, one matmul per linear of the step and the head, with no
+            nonlinearity, no state update and nothing else. No fp32 step that
+            reads these weights once can run faster than this.
 
 Methods alternate in short chunks, in an order reversed every round, so bursts
 of load from other processes hit them alike; figures are medians over rounds
 and each ratio is the median of per-round ratios. On the CPU with one stream, a
-256 MB tensor copy runs in every round too: the memory-bound limit is that
-round's copy bandwidth (bytes read + written per second) over the fp32 fast
-step's weight bytes (the first layer's input weights are a table lookup there).
-Weights that stay in the last-level cache can beat it.
+256 MB tensor copy runs in every round too: `dram` is that round's copy
+bandwidth (bytes read + written per second) over the fp32 step's weight bytes,
+the rate if every weight came from memory (weights partly kept in the
+last-level cache can beat it).
 
     python benchmarks/bench_sampling.py --json sampling.json
 """
@@ -30,22 +35,24 @@ import statistics
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from charrnn.config import ModelConfig
-from charrnn.fastpath import available_weight_modes, build_stepper
+from charrnn.config import ModelConfig, SampleConfig
+from charrnn.fastpath import FastStepper, available_weight_modes, build_stepper
 from charrnn.model import CharRNN, State
+from charrnn.sampling import pick_next
 
 StepFn = Callable[[Tensor, State], tuple[Tensor, State]]
 TEMPERATURE = 0.8
+KINDS = "lstm,gru,rnn,peephole-lstm,gf-rnn,gf-gru,gf-lstm"
 
 
-def make_loop(step: StepFn, model: CharRNN, streams: int) -> Callable[[int], None]:
+def make_loop(step: StepFn, model: CharRNN, streams: int, draw: bool) -> Callable[[int], None]:
     """A closure running n sampling steps, carrying symbols and state between calls."""
     gen = torch.Generator().manual_seed(0)
+    cfg = SampleConfig(temperature=TEMPERATURE)
     device = model.head.weight.device
     x = torch.zeros(streams, dtype=torch.long)
     state = model.init_state(streams)
@@ -55,49 +62,35 @@ def make_loop(step: StepFn, model: CharRNN, streams: int) -> Callable[[int], Non
         with torch.inference_mode():
             for _ in range(n):
                 logits, state = step(x.to(device), state)
-                # Draw on the CPU with a CPU generator, as charrnn's sampler does.
-                probs = torch.softmax(logits.float().cpu() / TEMPERATURE, dim=-1)
-                x = torch.multinomial(probs, 1, generator=gen)[:, 0]
+                if draw:  # charrnn's sampler: on the CPU with a CPU generator
+                    x = pick_next(logits.float().cpu(), cfg, gen)
 
     return run
 
 
 def naive_step(model: CharRNN) -> StepFn:
     def step(x: Tensor, state: State) -> tuple[Tensor, State]:
-        logits, state = model(x[:, None], state)  # (B, 1, V): torch's module, one step
+        logits, state = model(x[:, None], state)  # (B, 1, V): the model's forward, one step
         return logits[:, 0], state
 
     return step
 
 
-def cell_step(model: CharRNN) -> StepFn:
-    """The bare addmm step: torch's *_cell function per layer on the module's weights."""
-    kind = model.cfg.model
-    cells: dict[str, Callable[..., Any]] = {
-        "lstm": torch.lstm_cell,
-        "gru": torch.gru_cell,
-        "rnn": torch.rnn_tanh_cell,
-    }
-    cell = cells[kind]
-    weights = [
-        tuple(
-            getattr(layer, n) for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
-        )
-        for layer in model.stack.layers  # type: ignore[union-attr]
-    ]
+def limit_step(stepper: FastStepper) -> StepFn:
+    """The fp32 step's unavoidable work: table gather, every matmul on its weights, the head."""
+    inputs: dict[int, list[Tensor]] = {}
 
     def step(x: Tensor, state: State) -> tuple[Tensor, State]:
-        inp = model.embed(x)  # (B, E)
-        new: list[list[Tensor]] = [[] for _ in state]
-        for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
-            if kind == "lstm":
-                h, c = cell(inp, (state[0][i], state[1][i]), w_ih, w_hh, b_ih, b_hh)
-                new[1].append(c)
-            else:
-                h = cell(inp, state[0][i], w_ih, w_hh, b_ih, b_hh)
-            new[0].append(h)
-            inp = h
-        return model.head(inp), tuple(torch.stack(parts) for parts in new)
+        xs = inputs.get(x.shape[0])
+        if xs is None:  # one fixed input per linear, of its width
+            xs = inputs[x.shape[0]] = [
+                torch.full((x.shape[0], lin.weight_t.shape[0]), 0.01, device=x.device)
+                for lin in stepper.lins
+            ]
+        stepper.table.index_select(0, x)
+        for lin, inp in zip(stepper.lins, xs):
+            lin(inp)
+        return stepper.head(xs[0][:, : stepper.hidden]), state
 
     return step
 
@@ -114,21 +107,21 @@ def copy_loop(mbytes: int = 256) -> tuple[Callable[[int], None], int]:
     return run, 2 * src.numel() * 4
 
 
-def bench_case(model: CharRNN, streams: int, rounds: int, chunk_s: float) -> dict:
+def bench_case(model: CharRNN, streams: int, rounds: int, chunk_s: float, draw: bool) -> dict:
     """Figures for one model and stream count: medians, best rounds, per-round ratios."""
     device = model.head.weight.device
-    loops = {
-        "naive": make_loop(naive_step(model), model, streams),
-        "cell": make_loop(cell_step(model), model, streams),
-    }
+    eager = build_stepper(model, "fp32")
+    loops = {"naive": make_loop(naive_step(model), model, streams, draw)}
     if device.type == "cuda":  # the graph-free fast step too, to show what the graph adds
-        loops["fp32-eager"] = make_loop(build_stepper(model, "fp32").step, model, streams)
+        loops["fp32-eager"] = make_loop(eager.step, model, streams, draw)
     for mode in ("fp32", "bf16", "int8"):
         if mode in available_weight_modes(device):
             stepper = build_stepper(model, mode, cuda_graph=device.type == "cuda")
-            loops[mode] = make_loop(stepper.step, model, streams)
+            loops[mode] = make_loop(stepper.step, model, streams, draw)
+    if isinstance(eager, FastStepper):
+        loops["limit"] = make_loop(limit_step(eager), model, streams, draw)
     work = dict.fromkeys(loops, streams)  # characters per loop step
-    fp32_bytes = build_stepper(model, "fp32").weight_bytes()
+    fp32_bytes = eager.weight_bytes()
     if streams == 1 and device.type == "cpu":
         loops["copy"], work["copy"] = copy_loop()
 
@@ -146,14 +139,11 @@ def bench_case(model: CharRNN, streams: int, rounds: int, chunk_s: float) -> dic
             loops[name](steps[name])
             rates[name].append(work[name] * steps[name] / (time.perf_counter() - start))
 
-    if "copy" in rates:  # the memory-bound limit, in characters per second, round by round
-        rates["memory_bound"] = [bw / fp32_bytes for bw in rates.pop("copy")]
-    methods = [m for m in rates if m != "memory_bound"]
-    pairs = [(m, "naive") for m in methods[1:]] + [
-        (m, "fp32") for m in methods if m not in ("naive", "fp32")
-    ]
-    if "memory_bound" in rates:
-        pairs.append(("fp32", "memory_bound"))
+    if "copy" in rates:  # every weight from memory, in characters per second, round by round
+        rates["dram"] = [bw / fp32_bytes for bw in rates.pop("copy")]
+    methods = [m for m in rates if m not in ("naive", "limit", "dram")]
+    pairs = [(m, "naive") for m in methods] + [(m, "fp32") for m in methods if m != "fp32"]
+    pairs += [("fp32", ref) for ref in ("limit", "dram") if ref in rates and "fp32" in rates]
     return {
         "fp32_weight_bytes": fp32_bytes,
         "chars_per_s": {k: statistics.median(v) for k, v in rates.items()},
@@ -167,14 +157,13 @@ def bench_case(model: CharRNN, streams: int, rounds: int, chunk_s: float) -> dic
 
 def format_row(row: dict) -> str:
     rates, ratios = row["chars_per_s"], row["ratios"]
-    cells = [f"naive {rates['naive']:7,.0f}"]
-    for name in (k for k in rates if k not in ("naive", "memory_bound")):
-        cells.append(f"{name} {rates[name]:7,.0f} ({ratios[name + '/naive']:4.1f}x)")
-    text = f"{row['kind']:4s} B={row['streams']:<3d} t={row['threads']}  " + "  ".join(cells)
-    if "memory_bound" in rates:
-        text += (
-            f" | mem-bound {rates['memory_bound']:,.0f}: fp32 {ratios['fp32/memory_bound']:.2f}x"
-        )
+    cells = [f"naive {rates['naive']:8,.0f}"]
+    for name in (k for k in rates if k not in ("naive", "limit", "dram")):
+        cells.append(f"{name} {rates[name]:8,.0f} ({ratios[name + '/naive']:5.1f}x)")
+    text = f"{row['kind']:13s} B={row['streams']:<3d} t={row['threads']}  " + "  ".join(cells)
+    for ref in ("limit", "dram"):
+        if ref in rates:
+            text += f" | {ref} {rates[ref]:,.0f}: fp32 {ratios['fp32/' + ref]:.2f}x"
     if "int8/fp32" in ratios:
         text += f" | int8/fp32 {ratios['int8/fp32']:.2f}x"
     return text
@@ -182,7 +171,7 @@ def format_row(row: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kinds", default="lstm,gru,rnn")
+    parser.add_argument("--kinds", default=KINDS)
     parser.add_argument("--streams", default="1,64", help="stream counts, comma-separated")
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=2)
@@ -192,6 +181,8 @@ def main() -> None:
     parser.add_argument(
         "--threads", default="1", help="torch thread counts, comma-separated; 0 = default"
     )
+    parser.add_argument("--draw", choices=["sampler", "none"], default="sampler",
+                        help="sampler: charrnn's pick_next after each step; none: steps alone")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", default="", help="also write the figures to this file")
     args = parser.parse_args()
@@ -209,7 +200,7 @@ def main() -> None:
             )
             model = CharRNN(cfg).to(args.device).eval()
             for streams in (int(s) for s in args.streams.split(",")):
-                case = bench_case(model, streams, args.rounds, args.chunk_s)
+                case = bench_case(model, streams, args.rounds, args.chunk_s, args.draw == "sampler")
                 row = {"kind": kind, "streams": streams, "threads": threads, **case}
                 results.append(row)
                 print(format_row(row), flush=True)
@@ -223,6 +214,7 @@ def main() -> None:
             "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
             "torch": torch.__version__,
             "model": f"{args.layers}x{args.hidden}, vocab {args.vocab}",
+            "draw": args.draw,
             "results": results,
         }
         with open(args.json, "w") as f:

@@ -120,7 +120,7 @@ def train(
     evals: Annotated[Optional[int], typer.Option(help="Validations spread over the run.  [default: planned]")] = None,
     val_chars: Annotated[Optional[int], typer.Option(help="Val characters scored per validation; 0 = all.  [default: planned]")] = None,
     patience: Annotated[Optional[int], typer.Option(help="Stop after N validations without a new best; 0 = never.  [default: 3]")] = None,
-    precision: Annotated[str, typer.Option(help="fp32 | bf16 (autocast: faster on recent GPUs; weights stay fp32).")] = "fp32",
+    precision: Annotated[Optional[str], typer.Option(help="fp32 | bf16 (autocast; weights stay fp32).  [default: planned: bf16 on GPUs with it, else fp32]")] = None,
     log_every: Annotated[Optional[int], typer.Option(help="Log every N steps.  [default: 10]")] = None,
     keep_last: Annotated[Optional[int], typer.Option(help="Keep the last N periodic step-N.pt checkpoints too.  [default: 0]")] = None,
     val_frac: Annotated[Optional[float], typer.Option(help="Last fraction of the corpus kept for validation.  [default: 0.1]")] = None,
@@ -156,14 +156,16 @@ def train(
         given.pop("encoding", None)
     stops = {"epochs": epochs or 0.0, "max_steps": max_steps or 0,
              "time_budget": parse_duration(time_budget) if time_budget else 0.0}
-    runtime: dict[str, Any] = {"device": device, "precision": precision}
+    runtime: dict[str, Any] = {"device": device}
+    if precision is not None:
+        runtime["precision"] = precision
     for key, value in (("eval_every", eval_every), ("log_every", log_every), ("keep_last", keep_last)):
         if value is not None:
             runtime[key] = value
     dist = init_from_env(device, dcfg.timeout, os.environ)  # one process unless started by torchrun
     from charrnn.training import check_precision
 
-    check_precision(precision, dist.pick_device(device))  # before any download, preparation or probe
+    check_precision(precision or "fp32", dist.pick_device(device))  # before any download, preparation or probe
     # Rank 0 downloads and encodes the corpus first; the other ranks then map its cache.
     resolve_corpus, prepare_corpus = dist.main_first(resolve_corpus), dist.main_first(prepare_corpus)
     ckpt = None
@@ -208,7 +210,7 @@ def train(
             stops["time_budget"] = 600.0
             notice = "no stop criterion given: training for 10m (set --epochs, --max-steps or --time-budget)."
         if auto and not corpus.startswith("task:"):
-            plan = _plan_defaults(given, preset, data, stops, dist.pick_device(device))
+            plan = _plan_defaults({**given, **runtime}, preset, data, stops, dist.pick_device(device))
             given = {**given, **plan.model, **plan.train}
             planned = plan
         elif preset is not None:

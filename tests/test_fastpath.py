@@ -24,6 +24,9 @@ from charrnn.fastpath import (
 from charrnn.model import CharRNN, FusedStack, State
 
 KINDS = ("lstm", "gru", "rnn")
+# Kinds of charrnn.recurrent, with their own hand-written steps.
+CUSTOM_KINDS = ("peephole-lstm", "gf-rnn", "gf-gru", "gf-lstm")
+ALL_KINDS = KINDS + CUSTOM_KINDS
 VOCAB = 11
 LOW_PRECISION = [m for m in ("bf16", "int8") if m in available_weight_modes("cpu")]
 
@@ -59,7 +62,7 @@ def assert_state_close(a: State, b: State, atol: float) -> None:
         torch.testing.assert_close(sa, sb, atol=atol, rtol=0)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 @pytest.mark.parametrize("layers,embed", [(1, 0), (3, 8)])
 def test_fp32_step_equals_forward(kind: str, layers: int, embed: int) -> None:
     model = make_model(kind, layers, embed=embed)
@@ -94,7 +97,7 @@ def test_rnn_relu_step_equals_forward() -> None:
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 @pytest.mark.parametrize("prime", [1, 7])  # stepped, and one fused forward
 def test_prefill_then_step_equals_forward(kind: str, prime: int) -> None:
     model = make_model(kind, 2)
@@ -109,7 +112,7 @@ def test_prefill_then_step_equals_forward(kind: str, prime: int) -> None:
     assert_state_close(state, want_state, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 @pytest.mark.parametrize("weights", LOW_PRECISION)
 def test_low_precision_close_and_deterministic(kind: str, weights: str) -> None:
     model = make_model(kind, 2, hidden=32)
@@ -220,18 +223,22 @@ def test_kind_without_fast_step_falls_back_to_forward() -> None:
         build_stepper(model, "bf16")
 
 
-def test_peephole_kind_falls_back() -> None:
-    try:
-        model = make_model("peephole-lstm", 2)
-    except ImportError:
-        pytest.skip("charrnn.recurrent is not there yet")
-    stepper = build_stepper(model, "fp32")
-    assert isinstance(stepper, ModelStepper)
-    x = torch.randint(0, VOCAB, (1, 6))
-    with torch.no_grad():
-        want, _ = model(x, model.init_state(1))
-    got, _ = step_through(stepper, x, model.init_state(1))
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+@pytest.mark.parametrize("weights", ["fp32", *LOW_PRECISION])
+def test_returned_states_are_never_overwritten(weights: str) -> None:
+    """The step keeps buffers per batch size; what it returns must stay the caller's."""
+    for kind in ALL_KINDS:
+        model = make_model(kind, 2)
+        stepper = build_stepper(model, weights)
+        x = torch.randint(0, VOCAB, (2, 4))
+        state = random_state(model, 2)
+        logits, first = stepper.step(x[:, 0], state)
+        kept = [logits.clone(), *(s.clone() for s in first)]
+        stepper.step(x[:, 1], first)
+        stepper.step(x[:, 2], state)
+        assert all(torch.equal(a, b) for a, b in zip(kept, [logits, *first])), kind
+        again, again_state = stepper.step(x[:, 0], state)  # the same input, the same output
+        assert torch.equal(again, logits), kind
+        assert all(torch.equal(a, b) for a, b in zip(again_state, first)), kind
 
 
 def test_unknown_weight_mode_is_an_error() -> None:
