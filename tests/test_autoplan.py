@@ -67,7 +67,7 @@ def test_a_huge_val_split_is_cut_to_fit_the_budget() -> None:
     plan = plan_run({}, 200, train_chars=90_000_000, val_chars=10_000_000, device=CPU, budget=100,
                     measure=flops_device(100e9))
     assert 10_000 <= plan.train["val_chars"] < 10_000_000
-    assert plan.eval_estimate <= 0.04 * 100
+    assert plan.eval_estimate <= 0.06 * 100  # one validation stays a few percent of the budget
     assert plan.model["dropout"] == 0.0  # far less than one epoch
 
 
