@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from charrnn.errors import CharRNNError
+from charrnn.lazy import LazyConsole, lazy_callable
+
+Table = lazy_callable("rich.table", "Table")
 
 app = typer.Typer(
     name="charrnn",
@@ -28,10 +29,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: rendering it with rich costs ~0.15 s of start-up
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-out = Console()
-err = Console(stderr=True)
+out = LazyConsole()
+err = LazyConsole(stderr=True)
 
 LN2 = math.log(2)
 
@@ -250,7 +252,10 @@ _IMPORTED_AT = time.perf_counter()
 def _plan_defaults(given: dict[str, Any], preset: Optional[str], data: Any, stops: dict[str, float],
                    device: Any) -> Any:
     """Fill the settings the user left open from the budget, a speed probe and the corpus."""
+    import dataclasses
+
     from charrnn.autoplan import PRESETS, plan_run
+    from charrnn.config import ModelConfig, TrainConfig
     from charrnn.corpus import split
 
     fixed = dict(given)
@@ -258,6 +263,10 @@ def _plan_defaults(given: dict[str, Any], preset: Optional[str], data: Any, stop
         if preset not in PRESETS:
             raise CharRNNError(f"unknown --preset '{preset}': choose {', '.join(PRESETS)}.")
         fixed = {**PRESETS[preset], **given}  # flags win over the preset
+    # Bad flags fail before the probe spends any time.
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    ModelConfig(vocab_size=len(data.vocab), **{k: v for k, v in fixed.items() if k in model_fields})
+    TrainConfig(**{k: v for k, v in fixed.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
     train_tokens, val_tokens = split(data.tokens, given.get("val_frac", 0.1))
     budget = stops["time_budget"] if not (stops["epochs"] or stops["max_steps"]) else 0.0
     plan = plan_run(fixed, len(data.vocab), len(train_tokens), len(val_tokens), device, budget, stops["epochs"])

@@ -10,15 +10,21 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
 from charrnn.errors import CharRNNError
+from charrnn.lazy import lazy_callable
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+else:
+    Console = lazy_callable("rich.console", "Console")
+    Text = lazy_callable("rich.text", "Text")
+escape = lazy_callable("rich.markup", "escape")
+Table = lazy_callable("rich.table", "Table")
 
 RunArg = Annotated[
     str | None,

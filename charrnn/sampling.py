@@ -13,33 +13,13 @@ from torch import Tensor
 
 from charrnn.config import SampleConfig
 from charrnn.errors import CharRNNError
+from charrnn.fastpath import ModelStepper, Stepper, build_stepper
 from charrnn.model import CharRNN, State
 from charrnn.vocab import Vocab
 
 
-class ModelStepper:
-    """Plain stepping through the model's own forward; the fast path replaces it where it exists."""
-
-    def __init__(self, model: CharRNN) -> None:
-        self.model = model
-
-    def prefill(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        logits, state = self.model(x, state)  # (B, T, V)
-        return logits[:, -1], state
-
-    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        logits, state = self.model(x[:, None], state)
-        return logits[:, 0], state
-
-
-def make_stepper(model: CharRNN, weights: str = "fp32"):
-    """The fastest available stepper for `model` (see charrnn.fastpath)."""
-    try:
-        from charrnn.fastpath import build_stepper
-    except ImportError:
-        if weights != "fp32":
-            raise CharRNNError(f"--weights {weights} is not available in this build: use --weights fp32.")
-        return ModelStepper(model)
+def make_stepper(model: CharRNN, weights: str = "fp32") -> Stepper:
+    """The fastest stepper for `model` with `weights` (see charrnn.fastpath). Raises CharRNNError."""
     return build_stepper(model, weights)
 
 
@@ -61,7 +41,9 @@ def pick_next(logits: Tensor, cfg: SampleConfig, generator: torch.Generator) -> 
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    # The exponential race: argmax of p / Exp(1) draws index i with probability p_i. It is
+    # the draw torch.multinomial makes for one sample, bit for bit, at half its cost.
+    return (probs / torch.empty_like(probs).exponential_(generator=generator)).argmax(dim=-1)
 
 
 def default_prime(vocab: Vocab) -> str:

@@ -46,7 +46,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="lo
 
 K = 24  # steps of every run
 ATOL = 1e-6  # one process vs two: float32 reduction order only (module docstring)
-MODEL = ["--hidden", "16", "--layers", "1", "--batch-size", "4", "--seq-len", "8", "--device", "cpu"]
+MODEL = ["--hidden", "16", "--layers", "1", "--batch-size", "4", "--seq-len", "8", "--lr", "2e-3", "--device", "cpu"]
 RUN = ["--eval-every", "1", "--log-every", "1", "--quiet"]  # validate + checkpoint every step: slow enough to interrupt
 
 
