@@ -94,6 +94,17 @@ def count_lstm_params(vocab: int, layers: int, hidden: int, embed: int) -> int:
     return vocab * embed + first + rest + hidden * vocab + vocab
 
 
+def count_params(cfg: ModelConfig) -> int:
+    """Parameters of the model `cfg` describes, counted without allocating its weights."""
+    from charrnn.model import CharRNN
+
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in CharRNN(cfg).parameters())
+    except (RuntimeError, NotImplementedError):  # a stack that cannot be built on the meta device
+        return count_lstm_params(cfg.vocab_size, cfg.num_layers, cfg.hidden_size, cfg.embedding_size)
+
+
 def measure_train_speed(cfg: ModelConfig, batch_size: int, seq_len: int, device: torch.device,
                         precision: str = "fp32", steps: int = 2) -> float:
     """Training characters per second of `cfg` on `device`: one warm-up step, then
@@ -174,13 +185,11 @@ def plan_run(
         hidden = _probe_size(plan, config, batch, seq, device, precision, budget, train_chars, measure)
     else:
         hidden = FALLBACK_HIDDEN
-    if model_kind != "lstm" and "hidden_size" not in given:
-        plan.notes.append(f"sizes were probed as {model_kind}")
 
     plan.chars_per_s = plan.probe.get(hidden, 0.0)
     seen = plan.chars_per_s * budget * (1 - EVAL_SHARE) - plan.chars_per_s * plan.probe_seconds
     plan.expected_epochs = epochs or max(seen, 0.0) / max(train_chars, 1)
-    params = count_lstm_params(vocab_size, layers, hidden, embed or hidden)
+    params = count_params(config(hidden))
     dropout = _dropout_for(plan.expected_epochs, params / max(train_chars, 1))
     if "seq_len" not in given and budget and plan.chars_per_s:
         steps_seq = plan.chars_per_s * budget / (batch * TARGET_STEPS)
@@ -210,8 +219,7 @@ def _probe_size(plan: Plan, config: Callable[[int], ModelConfig], batch: int, se
     kind = "gpu" if device.type == "cuda" else "cpu"
     allowed = []
     for hidden in LADDER[kind]:
-        cfg = config(hidden)
-        params = count_lstm_params(cfg.vocab_size, cfg.num_layers, hidden, cfg.embedding_size)
+        params = count_params(config(hidden))
         if allowed and params > PARAMS_PER_TRAIN_CHAR * train_chars:
             plan.notes.append(f"{hidden} units and more skipped: {params / 1e6:.1f}M parameters for "
                               f"{train_chars / 1e6:.2f}M training characters")
