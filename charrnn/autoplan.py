@@ -45,8 +45,9 @@ LADDER = {"cpu": (128, 256, 384, 512, 768, 1024), "gpu": (256, 512, 768, 1024, 1
 SHAPE = {"cpu": (32, 128), "gpu": (128, 256)}  # (batch_size, longest seq_len)
 # Truncated-BPTT length: short enough for about this many optimizer steps in the budget, at
 # least MIN_SEQ. Updates count more than context early on: on the 2-core CPU, 2x256 in 100 s
-# reached 2.004 nats/char with T=100, 1.630 with T=50 and 1.611 with T=32 (lr 3-6e-3).
-TARGET_STEPS = 2500
+# reached 2.004 nats/char with T=100, 1.630 with T=50 and 1.611 with T=32 (lr 3-6e-3); 2x384
+# in 10 minutes 1.507 with T=64 and 1.490 with T=32.
+TARGET_STEPS = 5000
 MIN_SEQ = 32
 # Peak learning rate at a reference size (hidden, batch); it scales as 1/sqrt(hidden) and
 # batch^(1/4). CPU: 2x256, B=32 in 100 s reached 1.733 at 3e-3, 1.630 at 5e-3, 1.677 at 8e-3.
