@@ -58,6 +58,14 @@ def run_once(corpus: Path, budget: str, flags: list[str], runs_dir: Path, name: 
     }
 
 
+def _shown_path(path: Path) -> str:
+    """The corpus path relative to the repository (results are committed), else its name."""
+    try:
+        return os.path.relpath(path.resolve(), ROOT)
+    except ValueError:
+        return path.name
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| budget | variant | best val nats/char | bits/char | reached at | wall | epochs | stop | configuration |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -98,7 +106,7 @@ def main() -> None:
                 print(json.dumps(shown), flush=True)
     report = {"benchmark": "quality", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-              "corpus": str(args.corpus), "rows": rows}
+              "corpus": _shown_path(args.corpus), "rows": rows}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     table = markdown(rows)

@@ -102,16 +102,16 @@ def train(
     resume: Annotated[Optional[str], typer.Option(help="Continue this run from its last.pt.")] = None,
     model: Annotated[Optional[str], typer.Option(help="lstm | gru | rnn | peephole-lstm | gf-rnn | gf-gru | gf-lstm.  [default: lstm]")] = None,
     num_layers: Annotated[Optional[int], typer.Option("--layers", "--num-layers", help="Recurrent layers.  [default: 2]")] = None,
-    hidden_size: Annotated[Optional[int], typer.Option("--hidden", "--hidden-size", help="Units per layer.  [default: 512]")] = None,
-    embed_size: Annotated[Optional[int], typer.Option("--embed", "--embed-size", help="Embedding size; 0 = same as --hidden.  [default: 0]")] = None,
+    hidden_size: Annotated[Optional[int], typer.Option("--hidden", "--hidden-size", help="Units per layer.  [default: planned; 512 with --no-auto]")] = None,
+    embed_size: Annotated[Optional[int], typer.Option("--embed", "--embed-size", help="Embedding size; 0 = same as --hidden.  [default: planned: 64 on CPU, 0 on GPU; 0 with --no-auto]")] = None,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout on embedding, between layers, before the head.  [default: planned]")] = None,
     dropout_mask: Annotated[Optional[str], typer.Option(help="locked (one mask per sequence, variational) | per-step.  [default: locked]")] = None,
     weight_drop: Annotated[Optional[float], typer.Option(help="DropConnect on the recurrent weights (lstm, gru, rnn).  [default: planned]")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Fixed size: tiny (2x128) | small (2x256) | medium (2x512) | large (2x1024) | xl (3x1536).")] = None,
     auto: Annotated[bool, typer.Option("--auto/--no-auto", help="Plan unset settings from the budget, a speed probe and the corpus size; --no-auto uses fixed defaults.")] = True,
-    batch_size: Annotated[Optional[int], typer.Option(help="B parallel streams.  [default: 32]")] = None,
-    seq_len: Annotated[Optional[int], typer.Option(help="T characters per truncated-BPTT step.  [default: 100]")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak AdamW learning rate.  [default: 0.002]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="B parallel streams.  [default: planned; 32 with --no-auto]")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="T characters per truncated-BPTT step.  [default: planned; 100 with --no-auto]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak AdamW learning rate.  [default: planned; 0.002 with --no-auto]")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay.  [default: 0]")] = None,
     warmup: Annotated[Optional[float], typer.Option(help="Fraction of the run for linear warm-up.  [default: 0.02]")] = None,
     grad_clip: Annotated[Optional[float], typer.Option(help="Global gradient-norm clip; 0 = off.  [default: 1]")] = None,
@@ -227,7 +227,7 @@ def train(
         corpus_info["task"] = corpus or ckpt.corpus["task"]
     if planned is not None:
         corpus_info["plan"] = planned.summary()
-        if not (quiet or not dist.is_main):
+        if not quiet and dist.is_main:
             _print_plan(planned, mcfg, tcfg)
     _run_training(mcfg, tcfg, data, run, corpus_info, ckpt, quiet or not dist.is_main, notice, dist,
                   spent=_process_age() if ckpt is None else 0.0,

@@ -62,6 +62,23 @@ def assert_state_close(a: State, b: State, atol: float) -> None:
         torch.testing.assert_close(sa, sb, atol=atol, rtol=0)
 
 
+def assert_steps_match_forward(stepper, model, x: Tensor, state, atol: float, rtol: float | None) -> Tensor:
+    """Step `stepper` through x one symbol at a time; logits and final state equal the model's forward.
+
+    rtol None keeps assert_close's default tolerances for the logits. Returns the forward's logits.
+    """
+    with torch.no_grad():
+        want, want_state = model(x, state)
+    got, got_state = step_through(stepper, x, state)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    if rtol is None:
+        torch.testing.assert_close(got, want)
+    else:
+        torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
+    assert_state_close(got_state, want_state, atol=atol)
+    return want
+
+
 @pytest.mark.parametrize("kind", ALL_KINDS)
 @pytest.mark.parametrize("layers,embed", [(1, 0), (3, 8)])
 def test_fp32_step_equals_forward(kind: str, layers: int, embed: int) -> None:
@@ -70,14 +87,9 @@ def test_fp32_step_equals_forward(kind: str, layers: int, embed: int) -> None:
     assert isinstance(stepper, FastStepper)
     x = torch.randint(0, VOCAB, (3, 15))
     state = random_state(model, 3)
-    with torch.no_grad():
-        want, want_state = model(x, state)
-    got, got_state = step_through(stepper, x, state)
+    want = assert_steps_match_forward(stepper, model, x, state, atol=1e-5, rtol=1e-5)
     whole, _ = stepper.forward(x, state)
     torch.testing.assert_close(whole, want, atol=1e-6, rtol=1e-6)
-    assert got.dtype == torch.float32 and got.shape == want.shape
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    assert_state_close(got_state, want_state, atol=1e-5)
 
 
 def test_rnn_relu_step_equals_forward() -> None:
@@ -212,13 +224,8 @@ def test_kind_without_fast_step_falls_back_to_forward() -> None:
     model.stack = WrappedStack(model.stack)
     stepper = build_stepper(model, "fp32")
     assert isinstance(stepper, ModelStepper)
-    x = torch.randint(0, VOCAB, (2, 8))
-    state = random_state(model, 2)
-    with torch.no_grad():
-        want, want_state = model(x, state)
-    got, got_state = step_through(stepper, x, state)
-    torch.testing.assert_close(got, want)
-    assert_state_close(got_state, want_state, atol=1e-6)
+    assert_steps_match_forward(stepper, model, torch.randint(0, VOCAB, (2, 8)), random_state(model, 2),
+                               atol=1e-6, rtol=None)
     with pytest.raises(CharRNNError, match="use fp32"):
         build_stepper(model, "bf16")
 
