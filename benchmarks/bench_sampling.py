@@ -10,6 +10,9 @@ the steps alone. Methods:
             (torch's nn.LSTM/GRU/RNN for the fused kinds, the TorchScript loop of
             charrnn.recurrent for the others)
     fp32 / bf16 / int8   charrnn.fastpath.build_stepper(model, weights)
+    numpy   charrnn.npsample: the torch-free step `charrnn sample` uses on the CPU
+            (lstm/gru/rnn), with its own draw; NumPy's BLAS threads are its own
+            (OPENBLAS_NUM_THREADS), not --threads
     limit   the fp32 fast step's matmuls alone, on its very weights: the table
             gather, one matmul per linear of the step and the head, with no
             nonlinearity, no state update and nothing else. No fp32 step that
@@ -36,10 +39,12 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from charrnn.config import ModelConfig, SampleConfig
+from charrnn import npsample
+from charrnn.config import FUSED_MODELS, ModelConfig, SampleConfig
 from charrnn.fastpath import FastStepper, available_weight_modes, build_stepper
 from charrnn.model import CharRNN, State
 from charrnn.sampling import pick_next
@@ -64,6 +69,24 @@ def make_loop(step: StepFn, model: CharRNN, streams: int, draw: bool) -> Callabl
                 logits, state = step(x.to(device), state)
                 if draw:  # charrnn's sampler: on the CPU with a CPU generator
                     x = pick_next(logits.float().cpu(), cfg, gen)
+
+    return run
+
+
+def numpy_loop(model: CharRNN, streams: int, draw: bool) -> Callable[[int], None]:
+    """As make_loop, on charrnn.npsample's step and draw (the model's weights as arrays)."""
+    net = npsample.NumpyNet(model.cfg, {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
+    rng = np.random.default_rng(0)
+    cfg = SampleConfig(temperature=TEMPERATURE)
+    x = np.zeros(streams, np.int64)
+    state = net.zero_state(streams)
+
+    def run(n: int) -> None:
+        nonlocal x, state
+        for _ in range(n):
+            logits, state = net.step(x, state)
+            if draw:
+                x = npsample.draw(logits, cfg, rng)
 
     return run
 
@@ -118,6 +141,8 @@ def bench_case(model: CharRNN, streams: int, rounds: int, chunk_s: float, draw: 
         if mode in available_weight_modes(device):
             stepper = build_stepper(model, mode, cuda_graph=device.type == "cuda")
             loops[mode] = make_loop(stepper.step, model, streams, draw)
+    if device.type == "cpu" and model.cfg.model in FUSED_MODELS:
+        loops["numpy"] = numpy_loop(model, streams, draw)
     if isinstance(eager, FastStepper):
         loops["limit"] = make_loop(limit_step(eager), model, streams, draw)
     work = dict.fromkeys(loops, streams)  # characters per loop step
@@ -143,7 +168,7 @@ def bench_case(model: CharRNN, streams: int, rounds: int, chunk_s: float, draw: 
         rates["dram"] = [bw / fp32_bytes for bw in rates.pop("copy")]
     methods = [m for m in rates if m not in ("naive", "limit", "dram")]
     pairs = [(m, "naive") for m in methods] + [(m, "fp32") for m in methods if m != "fp32"]
-    pairs += [("fp32", ref) for ref in ("limit", "dram") if ref in rates and "fp32" in rates]
+    pairs += [(m, ref) for m in ("fp32", "numpy") for ref in ("limit", "dram") if ref in rates and m in rates]
     return {
         "fp32_weight_bytes": fp32_bytes,
         "chars_per_s": {k: statistics.median(v) for k, v in rates.items()},
@@ -163,7 +188,8 @@ def format_row(row: dict) -> str:
     text = f"{row['kind']:13s} B={row['streams']:<3d} t={row['threads']}  " + "  ".join(cells)
     for ref in ("limit", "dram"):
         if ref in rates:
-            text += f" | {ref} {rates[ref]:,.0f}: fp32 {ratios['fp32/' + ref]:.2f}x"
+            text += f" | {ref} {rates[ref]:,.0f}: " + ", ".join(
+                f"{m} {ratios[f'{m}/{ref}']:.2f}x" for m in ("fp32", "numpy") if f"{m}/{ref}" in ratios)
     if "int8/fp32" in ratios:
         text += f" | int8/fp32 {ratios['int8/fp32']:.2f}x"
     return text

@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
-from charrnn.config import ModelConfig, TrainConfig, from_dict
+from charrnn.config import FORMAT_VERSION, ModelConfig, TrainConfig, from_dict
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
 from charrnn.vocab import Vocab
 
-FORMAT_VERSION = 1
+__all__ = ["FORMAT_VERSION", "Checkpoint", "build_model", "load_checkpoint", "save_checkpoint"]
 
 
 @dataclass

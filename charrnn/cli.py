@@ -90,7 +90,7 @@ def prepare(
 
 # ---------------------------------------------------------------------------------------
 _MODEL_OPTIONS = ("model", "num_layers", "hidden_size", "embed_size", "dropout", "dropout_mask", "weight_drop",
-                  "batch_size", "seq_len", "lr", "weight_decay", "warmup", "grad_clip", "val_frac", "val_chars",
+                  "batch_size", "seq_len", "lr", "weight_decay", "warmup", "min_lr_ratio", "grad_clip", "val_frac", "val_chars",
                   "evals", "patience", "seed", "encoding")
 
 
@@ -114,6 +114,7 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Peak AdamW learning rate.  [default: planned; 0.002 with --no-auto]")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay.  [default: 0]")] = None,
     warmup: Annotated[Optional[float], typer.Option(help="Fraction of the run for linear warm-up.  [default: 0.02]")] = None,
+    min_lr_ratio: Annotated[Optional[float], typer.Option(help="The cosine ends at lr x this; 1 = constant after warm-up.  [default: 0.02]")] = None,
     grad_clip: Annotated[Optional[float], typer.Option(help="Global gradient-norm clip; 0 = off.  [default: 1]")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Stop after this many epochs.")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = None,
@@ -413,6 +414,9 @@ def sample(
     num_samples: Annotated[int, typer.Option(help="Number of samples, separated by a blank line.")] = 1,
     stop: Annotated[str, typer.Option(help="End a sample once it produces this string.")] = "",
     weights: Annotated[str, typer.Option(help="Weights for sampling: fp32 | bf16 | int8.")] = "fp32",
+    engine: Annotated[str, typer.Option(help=(
+        "auto | numpy | torch. numpy steps lstm/gru/rnn runs with fp32 weights on the CPU without "
+        "loading torch (first character in under a second); auto uses it when it can."))] = "auto",
     device: Device = "cpu",
     runs_dir: RunsDir = Path("checkpoints"),
 ) -> None:
@@ -425,35 +429,63 @@ def sample(
                        num_samples=num_samples, seed=seed, stop=stop)
     if prime is not None and prime_file is not None:
         raise CharRNNError("give --prime or --prime-file, not both.")
-    from charrnn.checkpoint import build_model, load_checkpoint
     from charrnn.corpus import read_text
-    from charrnn.device import pick_device
     from charrnn.runs import resolve_checkpoint
-    from charrnn.sampling import generate, make_stepper
 
+    if engine not in ("auto", "numpy", "torch"):
+        raise CharRNNError(f"unknown --engine '{engine}': choose auto, numpy or torch.")
     path = resolve_checkpoint(run, runs_dir)
     if run is None:
         err.print(f"sampling from {path}", highlight=False)
-    ckpt = load_checkpoint(path)
-    vocab = ckpt.vocab
+    generate_one, vocab = _numpy_sampler(path, engine, weights, device) or _torch_sampler(path, weights, device)
     text = read_text(prime_file, "bytes" if vocab.byte_level else "utf-8") if prime_file is not None else (prime or "")
     vocab.encode(text)  # reject unknown characters before anything is printed
-    model = build_model(ckpt).to(pick_device(device))
-    stepper = make_stepper(model, weights)
+    if engine == "auto" and generate_one.func.__module__ == "charrnn.npsample":
+        from charrnn.npsample import MAX_PRIME
+
+        if len(text) > MAX_PRIME:  # torch reads a long prime in one pass; numpy steps through it
+            generate_one, _ = _torch_sampler(path, weights, device)
     writer = _StreamWriter(vocab.byte_level)
     try:
         for i in range(cfg.num_samples):
             if i:
                 writer.write("\n\n")
             writer.write(text)
-            one = dataclasses.replace(cfg, seed=None if cfg.seed is None else cfg.seed + i)
-            generate(model, vocab, text, one, writer.write, stepper)
+            generate_one(text, dataclasses.replace(cfg, seed=None if cfg.seed is None else cfg.seed + i), writer.write)
         writer.write("\n")
         writer.flush()
     except BrokenPipeError:  # `| head` closed the pipe: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         raise typer.Exit(0)
+
+
+def _numpy_sampler(path: Path, engine: str, weights: str, device: str) -> tuple[Callable, Any] | None:
+    """(generate(prime, cfg, emit), vocab) on charrnn.npsample, or None when torch must serve."""
+    if engine == "torch" or (engine == "auto" and (weights != "fp32" or device != "cpu")):
+        return None
+    if weights != "fp32" or device != "cpu":
+        raise CharRNNError("--engine numpy runs fp32 weights on the CPU: drop --weights/--device or use --engine torch.")
+    from charrnn import npsample
+
+    loaded = npsample.load(path)
+    if loaded is None:
+        if engine == "numpy":
+            raise CharRNNError(f"--engine numpy cannot read '{path}' (it serves lstm, gru and rnn runs): use --engine torch.")
+        return None
+    net, vocab = loaded
+    return functools.partial(npsample.generate, net, vocab), vocab
+
+
+def _torch_sampler(path: Path, weights: str, device: str) -> tuple[Callable, Any]:
+    """(generate(prime, cfg, emit), vocab) on the torch model and its fast step."""
+    from charrnn.checkpoint import build_model, load_checkpoint
+    from charrnn.device import pick_device
+    from charrnn.sampling import generate, make_stepper
+
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt).to(pick_device(device))
+    return functools.partial(generate, model, ckpt.vocab, stepper=make_stepper(model, weights)), ckpt.vocab
 
 
 class _StreamWriter:

@@ -14,6 +14,9 @@ from typing import Any, TypeVar
 
 from charrnn.errors import CharRNNError
 
+# Version of the checkpoint layout (charrnn.checkpoint); readers refuse newer ones.
+FORMAT_VERSION = 1
+
 # Recurrent kinds. The fused ones use torch's cuDNN/oneDNN modules.
 FUSED_MODELS = ("lstm", "gru", "rnn")
 MODELS = FUSED_MODELS + ("peephole-lstm", "gf-rnn", "gf-gru", "gf-lstm")

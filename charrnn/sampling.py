@@ -15,6 +15,7 @@ from charrnn.config import SampleConfig
 from charrnn.errors import CharRNNError
 from charrnn.fastpath import ModelStepper, Stepper, build_stepper
 from charrnn.model import CharRNN, State
+from charrnn.npsample import StopTail, sampling_context
 from charrnn.vocab import Vocab
 
 
@@ -46,11 +47,6 @@ def pick_next(logits: Tensor, cfg: SampleConfig, generator: torch.Generator) -> 
     return (probs / torch.empty_like(probs).exponential_(generator=generator)).argmax(dim=-1)
 
 
-def default_prime(vocab: Vocab) -> str:
-    """A newline when the vocabulary has one (text starts at a line), else its first symbol."""
-    return "\n" if "\n" in vocab.chars else vocab.chars[0]
-
-
 @torch.inference_mode()
 def generate(
     model: CharRNN,
@@ -65,13 +61,7 @@ def generate(
     Returns the generated text (without the prime). Stops early once the text
     ends with `cfg.stop`. Raises CharRNNError for characters outside the vocab.
     """
-    context = prime or default_prime(vocab)
-    if "\n" in vocab.chars and not context.startswith("\n"):
-        # A model trained on carried state rarely sees the zero state mid-text: reading the
-        # prime as the start of a line keeps it on familiar ground (a trained 2x512 LSTM
-        # primed with "ROMEO:" from zero state wrote noise; after a newline, verse).
-        context = "\n" + context
-    ids = vocab.encode(context)
+    ids = vocab.encode(sampling_context(prime, vocab))
     seed = cfg.seed if cfg.seed is not None else int(torch.seed() % (2**63))
     generator = torch.Generator().manual_seed(seed)
     stepper = stepper or ModelStepper(model)
@@ -79,16 +69,14 @@ def generate(
     state = model.init_state(1, device)
     logits, state = stepper.prefill(torch.tensor([ids], device=device), state)
     out: list[str] = []
-    tail = ""
+    stop = StopTail(cfg.stop)
     for _ in range(cfg.length):
         nxt = pick_next(logits.float().cpu(), cfg, generator)
         ch = vocab.chars[int(nxt[0])]
         out.append(ch)
         emit(ch)
-        if cfg.stop:
-            tail = (tail + ch)[-len(cfg.stop) :]
-            if tail == cfg.stop:
-                break
+        if stop.reached(ch):
+            break
         logits, state = stepper.step(nxt.to(device), state)
     return "".join(out)
 

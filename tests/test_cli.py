@@ -155,3 +155,15 @@ def test_task_corpus_trains_and_evaluates_per_length(runner) -> None:
     assert result.exit_code == 0, result.output
     one_line_error(runner.invoke(app, ["eval", "br", "task:brackets", "--lengths", "x"]), "--lengths")
     one_line_error(runner.invoke(app, ["train", "task:nope"]), "task")
+
+
+def test_min_lr_ratio_one_keeps_the_peak_rate(runner, corpus: Path) -> None:
+    args = ["train", str(corpus), "--max-steps", "30", "--lr", "0.003", "--warmup", "0", *TINY_TRAIN]
+    lrs = {}
+    for name, ratio in (("flat", "1"), ("cosine", "0.1")):
+        result = runner.invoke(app, [*args, "--name", name, "--min-lr-ratio", ratio])
+        assert result.exit_code == 0, result.output
+        events = [json.loads(line) for line in (Path("checkpoints") / name / "metrics.jsonl").read_text().splitlines()]
+        lrs[name] = [e["lr"] for e in events if e["event"] == "train"]
+    assert len(lrs["flat"]) == 3 and all(lr == pytest.approx(0.003) for lr in lrs["flat"])
+    assert lrs["cosine"][-1] < 0.002  # the default schedule decays

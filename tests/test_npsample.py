@@ -1,0 +1,157 @@
+"""The torch-free sampling path: same network as the torch step, same draw rules, safe reading."""
+
+import math
+import pickle
+import subprocess
+import sys
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from charrnn import npsample
+from charrnn.checkpoint import Checkpoint, save_checkpoint
+from charrnn.cli import app
+from charrnn.config import ModelConfig, SampleConfig, TrainConfig
+from charrnn.fastpath import build_stepper
+from charrnn.model import CharRNN
+from charrnn.vocab import build_vocab
+from conftest import TINY_TRAIN
+
+VOCAB = build_vocab("abcdefgh \n")
+
+
+def saved_model(tmp_path: Path, kind: str, layers: int = 2, hidden: int = 24, embed: int = 0) -> tuple[CharRNN, Path]:
+    torch.manual_seed(7)
+    cfg = ModelConfig(vocab_size=len(VOCAB), model=kind, num_layers=layers, hidden_size=hidden, embed_size=embed)
+    model = CharRNN(cfg).eval()
+    with torch.no_grad():  # trained-like weights: larger than the init, so the gates saturate somewhere
+        for p in model.parameters():
+            p.mul_(3.0)
+    path = tmp_path / f"{kind}.pt"
+    save_checkpoint(Checkpoint(cfg, TrainConfig(), VOCAB, model.state_dict()), path)
+    return model, path
+
+
+@pytest.mark.parametrize("kind,layers,embed", [("lstm", 2, 0), ("lstm", 3, 8), ("gru", 2, 0), ("gru", 1, 8), ("rnn", 2, 5)])
+def test_numpy_step_matches_the_model(tmp_path: Path, kind: str, layers: int, embed: int) -> None:
+    model, path = saved_model(tmp_path, kind, layers, embed=embed)
+    net, vocab = npsample.load(path)
+    assert vocab == VOCAB
+    x = torch.randint(0, len(VOCAB), (3, 40))
+    with torch.no_grad():
+        want, _ = model(x, model.init_state(3))
+    state = net.zero_state(3)
+    for t in range(x.shape[1]):
+        logits, state = net.step(x[:, t].numpy(), state)
+        np.testing.assert_allclose(logits, want[:, t].numpy(), rtol=0, atol=2e-5)
+
+
+def test_numpy_step_matches_the_torch_fast_step_with_carried_state(tmp_path: Path) -> None:
+    model, path = saved_model(tmp_path, "lstm")
+    net, _ = npsample.load(path)
+    stepper = build_stepper(model, "fp32")
+    state_t, state_n = model.init_state(1), net.zero_state(1)
+    for i in [3, 1, 4, 1, 5, 9, 2, 6, 5, 3] * 3:
+        got, state_n = net.step(np.array([i]), state_n)
+        want, state_t = stepper.step(torch.tensor([i]), state_t)
+        np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=2e-5)
+    np.testing.assert_allclose(np.stack([s[1] for s in state_n]), state_t[1].numpy(), atol=2e-5)
+
+
+def test_draw_follows_temperature_top_k_and_top_p() -> None:
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]], np.float32))
+    rng = np.random.default_rng(0)
+    assert npsample.draw(logits, SampleConfig(temperature=0), rng)[0] == 0
+    assert {int(npsample.draw(logits, SampleConfig(top_k=1), rng)[0]) for _ in range(50)} == {0}
+    assert {int(npsample.draw(logits, SampleConfig(temperature=1.0, top_k=2), rng)[0]) for _ in range(300)} == {0, 1}
+    # top_p 0.7: 0.5 and 0.3 are kept (the mass before 0.3 is 0.5 < 0.7), the rest dropped.
+    assert {int(npsample.draw(logits, SampleConfig(temperature=1.0, top_p=0.7), rng)[0]) for _ in range(300)} == {0, 1}
+    n = 20_000
+    many = np.repeat(logits, n, 0)  # one row per draw: the batched draw
+    counts = Counter(npsample.draw(many, SampleConfig(temperature=1.0), rng).tolist())
+    for i, p in enumerate([0.5, 0.3, 0.15, 0.05]):
+        assert abs(counts[i] / n - p) < 4 * math.sqrt(p * (1 - p) / n)
+    # Temperature 0.5 squares the odds: p ~ [25, 9, 2.25, 0.25] / 36.5.
+    counts = Counter(npsample.draw(many, SampleConfig(temperature=0.5), rng).tolist())
+    assert abs(counts[0] / n - 25 / 36.5) < 0.015
+
+
+def test_load_declines_what_it_cannot_serve(tmp_path: Path) -> None:
+    _, path = saved_model(tmp_path, "gf-gru", hidden=8)
+    assert npsample.load(path) is None  # another kind: the torch path serves it
+    _, good = saved_model(tmp_path, "lstm")
+    truncated = tmp_path / "cut.pt"
+    truncated.write_bytes(good.read_bytes()[:3000])
+    assert npsample.load(truncated) is None
+    assert npsample.load(tmp_path / "missing.pt") is None
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_reader_never_runs_code_from_the_file(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"format": 1, "model": _Exploit(marker)}))
+    assert npsample.load(path) is None
+    assert not marker.exists()
+
+
+@pytest.fixture
+def trained(runner, corpus: Path) -> str:
+    result = runner.invoke(app, ["train", str(corpus), "--name", "tiny", "--max-steps", "30", *TINY_TRAIN])
+    assert result.exit_code == 0, result.output
+    return "tiny"
+
+
+def test_sample_engines_agree_on_the_rules(runner, trained: str) -> None:
+    outs = {}
+    for engine in ("numpy", "torch", "auto"):
+        args = ["sample", trained, "-n", "60", "--seed", "4", "--prime", "The", "--engine", engine]
+        first, second = runner.invoke(app, args), runner.invoke(app, args)
+        assert first.exit_code == 0, first.output
+        assert first.stdout == second.stdout and first.stdout.startswith("The")  # a seed repeats
+        assert len(first.stdout) == len("The") + 60 + 1
+        outs[engine] = first.stdout
+    assert outs["auto"] == outs["numpy"]
+    greedy = {e: runner.invoke(app, ["sample", trained, "-n", "40", "--temp", "0", "--engine", e]).stdout for e in ("numpy", "torch")}
+    assert greedy["numpy"] == greedy["torch"]  # same network: the same argmax path
+    stop = runner.invoke(app, ["sample", trained, "-n", "400", "--seed", "1", "--stop", "a", "--engine", "numpy"])
+    assert stop.stdout.rstrip("\n").endswith("a") and len(stop.stdout) < 400
+
+
+def test_numpy_engine_refuses_what_it_cannot_run(runner, trained: str) -> None:
+    result = runner.invoke(app, ["sample", trained, "--engine", "numpy", "--weights", "int8"])
+    assert result.exit_code == 1 and result.stderr.startswith("error: --engine numpy runs fp32")
+    result = runner.invoke(app, ["sample", trained, "--engine", "fast"])
+    assert result.exit_code == 1 and "choose auto, numpy or torch" in result.stderr
+
+
+def test_sample_does_not_import_torch(runner, trained: str) -> None:
+    code = (
+        "import sys; from charrnn.cli import main\n"
+        "sys.argv = ['charrnn', 'sample', '-n', '20', '--seed', '3']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules, file=sys.stderr)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stderr.strip().endswith("False"), proc.stderr
+    assert len(proc.stdout) == 20 + 1  # 20 characters and the closing newline
+
+
+def test_a_long_prime_goes_to_torch(runner, trained: str, monkeypatch) -> None:
+    args = ["sample", trained, "-n", "30", "--seed", "9", "--prime", "The cat"]
+    torch_out = runner.invoke(app, [*args, "--engine", "torch"]).stdout
+    assert runner.invoke(app, args).stdout != torch_out  # a short prime: the numpy engine
+    monkeypatch.setattr(npsample, "MAX_PRIME", 3)
+    assert runner.invoke(app, args).stdout == torch_out  # longer than MAX_PRIME: torch reads it
