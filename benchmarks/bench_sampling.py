@@ -11,8 +11,8 @@ the steps alone. Methods:
             charrnn.recurrent for the others)
     fp32 / bf16 / int8   charrnn.fastpath.build_stepper(model, weights)
     numpy   charrnn.npsample: the torch-free step `charrnn sample` uses on the CPU
-            (lstm/gru/rnn), with its own draw; NumPy's BLAS threads are its own
-            (OPENBLAS_NUM_THREADS), not --threads
+            (lstm/gru/rnn), with its own draw; one BLAS thread, as there
+            (OPENBLAS_NUM_THREADS), whatever --threads says
     limit   the fp32 fast step's matmuls alone, on its very weights: the table
             gather, one matmul per linear of the step and the head, with no
             nonlinearity, no state update and nothing else. No fp32 step that
@@ -33,15 +33,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
-import numpy as np
-import torch
-from torch import Tensor
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `charrnn sample` sets it for its NumPy engine
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
 
 from charrnn import npsample
 from charrnn.config import FUSED_MODELS, ModelConfig, SampleConfig

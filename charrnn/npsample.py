@@ -145,11 +145,13 @@ class _Archive:
         if ref.storage.dtype is not np.float32:
             raise ValueError("not a float32 tensor")
         buffer = np.frombuffer(self.zip.read(f"{self.prefix}data/{ref.storage.key}"), dtype=np.float32)
-        needed = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride)) + 1
-        if any(n < 0 for n in ref.shape) or (all(ref.shape) and needed > buffer.size):
+        shape, stride = ref.shape, ref.stride
+        if len(shape) != len(stride) or ref.offset < 0 or any(n < 0 for n in shape) or any(s < 0 for s in stride):
+            raise ValueError("malformed tensor record")
+        if all(shape) and ref.offset + sum((n - 1) * s for n, s in zip(shape, stride)) >= buffer.size:
             raise ValueError("tensor lies outside its storage")
         view = np.lib.stride_tricks.as_strided(
-            buffer[ref.offset :], shape=ref.shape, strides=[s * 4 for s in ref.stride], writeable=False
+            buffer[ref.offset :], shape=shape, strides=[s * 4 for s in stride], writeable=False
         )
         return np.ascontiguousarray(view, dtype=np.float32)
 

@@ -1,5 +1,6 @@
 """The torch-free sampling path: same network as the torch step, same draw rules, safe reading."""
 
+import dataclasses
 import math
 import pickle
 import subprocess
@@ -88,6 +89,17 @@ def test_load_declines_what_it_cannot_serve(tmp_path: Path) -> None:
     truncated.write_bytes(good.read_bytes()[:3000])
     assert npsample.load(truncated) is None
     assert npsample.load(tmp_path / "missing.pt") is None
+
+
+def test_tensor_records_outside_their_storage_are_refused(tmp_path: Path) -> None:
+    _, path = saved_model(tmp_path, "lstm")
+    with zipfile.ZipFile(path) as z:
+        archive = npsample._Archive(z)
+        ref = archive.payload["model"]["head.bias"]  # 10 floats in a storage of its own
+        assert archive.array(ref).shape == (len(VOCAB),)
+        for bad in (dataclasses.replace(ref, stride=(-1,)), dataclasses.replace(ref, offset=5)):
+            with pytest.raises(ValueError):
+                archive.array(bad)
 
 
 class _Exploit:
