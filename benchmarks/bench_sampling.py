@@ -1,7 +1,7 @@
 """Sampling throughput: the naive one-step model call against charrnn's fast step.
 
 For each kind (2x512 by default) and each stream count, every method runs the
-same sampling loop -- step, then charrnn's own draw (`sampling.pick_next`,
+same sampling loop -- step, then charrnn's own draw (`npsample.draw`,
 temperature 0.8, on the CPU), feed the draw back -- and reports characters per
 second (streams x steps per second). `--draw none` leaves the draw out, to time
 the steps alone. Methods:
@@ -50,7 +50,6 @@ from charrnn import npsample
 from charrnn.config import FUSED_MODELS, ModelConfig, SampleConfig
 from charrnn.fastpath import FastStepper, available_weight_modes, build_stepper
 from charrnn.model import CharRNN, State
-from charrnn.sampling import pick_next
 
 StepFn = Callable[[Tensor, State], tuple[Tensor, State]]
 TEMPERATURE = 0.8
@@ -59,7 +58,7 @@ KINDS = "lstm,gru,rnn,peephole-lstm,gf-rnn,gf-gru,gf-lstm"
 
 def make_loop(step: StepFn, model: CharRNN, streams: int, draw: bool) -> Callable[[int], None]:
     """A closure running n sampling steps, carrying symbols and state between calls."""
-    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
     cfg = SampleConfig(temperature=TEMPERATURE)
     device = model.head.weight.device
     x = torch.zeros(streams, dtype=torch.long)
@@ -70,8 +69,8 @@ def make_loop(step: StepFn, model: CharRNN, streams: int, draw: bool) -> Callabl
         with torch.inference_mode():
             for _ in range(n):
                 logits, state = step(x.to(device), state)
-                if draw:  # charrnn's sampler: on the CPU with a CPU generator
-                    x = pick_next(logits.float().cpu(), cfg, gen)
+                if draw:  # charrnn's draw, as sampling.generate makes it
+                    x = torch.from_numpy(npsample.draw(logits.float().cpu().numpy(), cfg, rng))
 
     return run
 
@@ -211,7 +210,7 @@ def main() -> None:
         "--threads", default="1", help="torch thread counts, comma-separated; 0 = default"
     )
     parser.add_argument("--draw", choices=["sampler", "none"], default="sampler",
-                        help="sampler: charrnn's pick_next after each step; none: steps alone")
+                        help="sampler: charrnn's draw after each step; none: steps alone")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", default="", help="also write the figures to this file")
     args = parser.parse_args()

@@ -14,9 +14,9 @@ over with its own checks and error messages.
 
 The step is the arithmetic of charrnn.fastpath.FusedStepper (embedding folded
 into the first layer's input projection, one matmul over [input, h] for each
-further LSTM/RNN layer); its logits match the torch step to float rounding. The
-draw is the same exponential race as charrnn.sampling.pick_next, fed by NumPy's
-PCG64 generator: a seed repeats on this path, not across the two paths.
+further LSTM/RNN layer); its logits match the torch step to float rounding. `draw`
+is charrnn's one sampling draw, which the torch path uses too: for the same seed
+both engines write the same characters.
 """
 
 from __future__ import annotations
@@ -323,7 +323,11 @@ class NumpyNet:
 
 
 def draw(logits: np.ndarray, cfg: SampleConfig, rng: np.random.Generator) -> np.ndarray:
-    """Next ids (B,) from logits (B, V): temperature, top-k, top-p, as charrnn.sampling.pick_next."""
+    """Next ids (B,) from logits (B, V): temperature (0 = greedy), then top-k, then top-p.
+
+    Computed in float64 from the logits, so paths whose logits differ by float rounding
+    draw the same ids from the same generator state.
+    """
     if cfg.temperature < 1e-6:
         return logits.argmax(-1)
     z = (logits.astype(np.float64) - logits.max(-1, keepdims=True)) / cfg.temperature

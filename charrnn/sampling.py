@@ -1,50 +1,30 @@
 """Seeded autoregressive sampling: feed the prime in one pass, then one character per step.
 
 Each step turns the last logits into a distribution (temperature, top-k,
-top-p), draws one symbol with a seeded generator, and feeds it back.
+top-p), draws one symbol with a seeded generator, and feeds it back. The draw
+(`charrnn.npsample.draw`, NumPy's PCG64) is the one the torch-free engine uses:
+for the same seed every path -- the model's own forward, the fast step, the
+NumPy engine -- writes the same characters.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
-from torch import Tensor
 
 from charrnn.config import SampleConfig
 from charrnn.errors import CharRNNError
 from charrnn.fastpath import ModelStepper, Stepper, build_stepper
 from charrnn.model import CharRNN, State
-from charrnn.npsample import StopTail, sampling_context
+from charrnn.npsample import StopTail, draw, sampling_context
 from charrnn.vocab import Vocab
 
 
 def make_stepper(model: CharRNN, weights: str = "fp32") -> Stepper:
     """The fastest stepper for `model` with `weights` (see charrnn.fastpath). Raises CharRNNError."""
     return build_stepper(model, weights)
-
-
-def pick_next(logits: Tensor, cfg: SampleConfig, generator: torch.Generator) -> Tensor:
-    """logits (B, V) -> next ids (B,). Temperature 0 is greedy."""
-    if cfg.temperature < 1e-6:  # greedy; also below float32's range, where division would give nan
-        return logits.argmax(dim=-1)
-    logits = logits.float()
-    # Shift so the maximum is 0 before dividing: a tiny temperature then gives -inf, never inf - inf.
-    logits = (logits - logits.max(dim=-1, keepdim=True).values) / cfg.temperature
-    if cfg.top_k and cfg.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if cfg.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # Drop a symbol when the mass before it already reaches top_p (the first always stays).
-        drop = (probs.cumsum(dim=-1) - probs) >= cfg.top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = torch.softmax(logits, dim=-1)
-    # The exponential race: argmax of p / Exp(1) draws index i with probability p_i. It is
-    # the draw torch.multinomial makes for one sample, bit for bit, at half its cost.
-    return (probs / torch.empty_like(probs).exponential_(generator=generator)).argmax(dim=-1)
 
 
 @torch.inference_mode()
@@ -62,8 +42,7 @@ def generate(
     ends with `cfg.stop`. Raises CharRNNError for characters outside the vocab.
     """
     ids = vocab.encode(sampling_context(prime, vocab))
-    seed = cfg.seed if cfg.seed is not None else int(torch.seed() % (2**63))
-    generator = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(cfg.seed)  # None: fresh entropy
     stepper = stepper or ModelStepper(model)
     device = model.head.weight.device
     state = model.init_state(1, device)
@@ -71,13 +50,13 @@ def generate(
     out: list[str] = []
     stop = StopTail(cfg.stop)
     for _ in range(cfg.length):
-        nxt = pick_next(logits.float().cpu(), cfg, generator)
-        ch = vocab.chars[int(nxt[0])]
+        nxt = int(draw(logits.float().cpu().numpy(), cfg, rng)[0])
+        ch = vocab.chars[nxt]
         out.append(ch)
         emit(ch)
         if stop.reached(ch):
             break
-        logits, state = stepper.step(nxt.to(device), state)
+        logits, state = stepper.step(torch.tensor([nxt], device=device), state)
     return "".join(out)
 
 
@@ -89,8 +68,6 @@ def score_with_stepper(stepper, model: CharRNN, tokens, batch_size: int = 64) ->
     zero state, as in training's validation. Used to measure what bf16 or int8
     weights cost in quality on the very path that samples.
     """
-    import numpy as np
-
     tokens = np.asarray(tokens, dtype=np.int64)
     streams = max(1, min(batch_size, len(tokens) - 1))
     length = (len(tokens) - 1) // streams

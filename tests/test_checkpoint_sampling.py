@@ -2,6 +2,7 @@ import dataclasses
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,7 +10,8 @@ from charrnn.checkpoint import FORMAT_VERSION, Checkpoint, build_model, load_che
 from charrnn.config import ModelConfig, SampleConfig, TrainConfig
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
-from charrnn.sampling import generate, pick_next
+from charrnn.npsample import draw
+from charrnn.sampling import generate
 from charrnn.vocab import build_vocab
 
 VOCAB = build_vocab("abcdefgh \n")
@@ -101,11 +103,11 @@ def test_seeded_sampling_repeats_and_greedy_is_argmax() -> None:
 
 
 def test_top_k_and_top_p_filter() -> None:
-    logits = torch.tensor([[0.0, 3.0, 1.0, 2.9]])
-    gen = torch.Generator().manual_seed(0)
-    draws = {int(pick_next(logits, SampleConfig(top_k=2), gen)) for _ in range(200)}
+    logits = np.array([[0.0, 3.0, 1.0, 2.9]], np.float32)
+    rng = np.random.default_rng(0)
+    draws = {int(draw(logits, SampleConfig(top_k=2), rng)[0]) for _ in range(200)}
     assert draws == {1, 3}
-    draws = {int(pick_next(logits, SampleConfig(top_p=0.01), gen)) for _ in range(50)}
+    draws = {int(draw(logits, SampleConfig(top_p=0.01), rng)[0]) for _ in range(50)}
     assert draws == {1}
 
 

@@ -15,10 +15,12 @@ import torch
 
 from charrnn import npsample
 from charrnn.checkpoint import Checkpoint, save_checkpoint
+from charrnn import cli
 from charrnn.cli import app
 from charrnn.config import ModelConfig, SampleConfig, TrainConfig
-from charrnn.fastpath import build_stepper
+from charrnn.fastpath import ModelStepper, build_stepper
 from charrnn.model import CharRNN
+from charrnn.sampling import generate
 from charrnn.vocab import build_vocab
 from conftest import TINY_TRAIN
 
@@ -126,20 +128,33 @@ def trained(runner, corpus: Path) -> str:
     return "tiny"
 
 
-def test_sample_engines_agree_on_the_rules(runner, trained: str) -> None:
+def test_every_path_writes_the_same_characters_for_a_seed(runner, trained: str) -> None:
     outs = {}
     for engine in ("numpy", "torch", "auto"):
-        args = ["sample", trained, "-n", "60", "--seed", "4", "--prime", "The", "--engine", engine]
+        args = ["sample", trained, "-n", "200", "--seed", "4", "--prime", "The", "--temp", "1.0", "--engine", engine]
         first, second = runner.invoke(app, args), runner.invoke(app, args)
         assert first.exit_code == 0, first.output
         assert first.stdout == second.stdout and first.stdout.startswith("The")  # a seed repeats
-        assert len(first.stdout) == len("The") + 60 + 1
+        assert len(first.stdout) == len("The") + 200 + 1
         outs[engine] = first.stdout
-    assert outs["auto"] == outs["numpy"]
-    greedy = {e: runner.invoke(app, ["sample", trained, "-n", "40", "--temp", "0", "--engine", e]).stdout for e in ("numpy", "torch")}
-    assert greedy["numpy"] == greedy["torch"]  # same network: the same argmax path
+    assert outs["numpy"] == outs["torch"] == outs["auto"]
+    other = runner.invoke(app, ["sample", trained, "-n", "200", "--seed", "5", "--prime", "The", "--temp", "1.0"])
+    assert other.stdout != outs["numpy"]  # and the seed matters
     stop = runner.invoke(app, ["sample", trained, "-n", "400", "--seed", "1", "--stop", "a", "--engine", "numpy"])
     assert stop.stdout.rstrip("\n").endswith("a") and len(stop.stdout) < 400
+
+
+def test_the_straightforward_path_draws_the_same(tmp_path: Path) -> None:
+    """The model's own forward one step at a time, the torch fast step and the NumPy engine."""
+    model, path = saved_model(tmp_path, "gru")
+    net, vocab = npsample.load(path)
+    cfg = SampleConfig(length=300, seed=11, temperature=1.0, top_k=6)
+    texts = {
+        "forward": generate(model, vocab, "ab", cfg, lambda c: None, ModelStepper(model)),
+        "fast": generate(model, vocab, "ab", cfg, lambda c: None, build_stepper(model, "fp32")),
+        "numpy": npsample.generate(net, vocab, "ab", cfg, lambda c: None),
+    }
+    assert len(set(texts.values())) == 1 and len(texts["numpy"]) == 300
 
 
 def test_numpy_engine_refuses_what_it_cannot_run(runner, trained: str) -> None:
@@ -162,8 +177,12 @@ def test_sample_does_not_import_torch(runner, trained: str) -> None:
 
 
 def test_a_long_prime_goes_to_torch(runner, trained: str, monkeypatch) -> None:
+    calls = []
+    real = cli._torch_sampler
+    monkeypatch.setattr(cli, "_torch_sampler", lambda *a: calls.append(a) or real(*a))
     args = ["sample", trained, "-n", "30", "--seed", "9", "--prime", "The cat"]
-    torch_out = runner.invoke(app, [*args, "--engine", "torch"]).stdout
-    assert runner.invoke(app, args).stdout != torch_out  # a short prime: the numpy engine
+    short = runner.invoke(app, args)
+    assert short.exit_code == 0 and calls == []  # a short prime: the NumPy engine serves
     monkeypatch.setattr(npsample, "MAX_PRIME", 3)
-    assert runner.invoke(app, args).stdout == torch_out  # longer than MAX_PRIME: torch reads it
+    long = runner.invoke(app, args)
+    assert len(calls) == 1 and long.stdout == short.stdout  # longer than MAX_PRIME: torch reads it
