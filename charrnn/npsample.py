@@ -348,11 +348,29 @@ def draw(logits: np.ndarray, cfg: SampleConfig, rng: np.random.Generator) -> np.
 
 def generate(net: NumpyNet, vocab: Vocab, prime: str, cfg: SampleConfig, emit: Callable[[str], None]) -> str:
     """As charrnn.sampling.generate, on the NumPy step: `cfg.length` characters after `prime`."""
-    ids = vocab.encode(sampling_context(prime, vocab))
-    rng = np.random.default_rng(cfg.seed)
     state = net.zero_state(1)
-    for i in ids:
+    for i in vocab.encode(sampling_context(prime, vocab)):
         logits, state = net.step(np.array([i]), state)
+
+    def step(ids: np.ndarray) -> np.ndarray:
+        nonlocal state
+        out, state = net.step(ids, state)
+        return out
+
+    return draw_text(logits, step, vocab, cfg, emit)
+
+
+def draw_text(
+    logits: np.ndarray,
+    step: Callable[[np.ndarray], np.ndarray],
+    vocab: Vocab,
+    cfg: SampleConfig,
+    emit: Callable[[str], None],
+) -> str:
+    """The sampling loop every engine shares: draw from `logits` (1, V), emit the character,
+    feed it to `step` (ids (1,) -> next logits, the network's state carried by the caller),
+    for `cfg.length` characters or until the text ends with `cfg.stop`."""
+    rng = np.random.default_rng(cfg.seed)  # None: fresh entropy
     out: list[str] = []
     stop = StopTail(cfg.stop)
     for _ in range(cfg.length):
@@ -362,5 +380,5 @@ def generate(net: NumpyNet, vocab: Vocab, prime: str, cfg: SampleConfig, emit: C
         emit(ch)
         if stop.reached(ch):
             break
-        logits, state = net.step(nxt, state)
+        logits = step(nxt)
     return "".join(out)

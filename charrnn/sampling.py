@@ -1,10 +1,10 @@
 """Seeded autoregressive sampling: feed the prime in one pass, then one character per step.
 
 Each step turns the last logits into a distribution (temperature, top-k,
-top-p), draws one symbol with a seeded generator, and feeds it back. The draw
-(`charrnn.npsample.draw`, NumPy's PCG64) is the one the torch-free engine uses:
-for the same seed every path -- the model's own forward, the fast step, the
-NumPy engine -- writes the same characters.
+top-p), draws one symbol with a seeded generator, and feeds it back. That loop
+and its draw (`charrnn.npsample.draw_text`, NumPy's PCG64) are the ones the
+torch-free engine runs: for the same seed every path -- the model's own forward,
+the fast step, the NumPy engine -- writes the same characters.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from charrnn.config import SampleConfig
 from charrnn.errors import CharRNNError
 from charrnn.fastpath import ModelStepper, Stepper, build_stepper
 from charrnn.model import CharRNN, State
-from charrnn.npsample import StopTail, draw, sampling_context
+from charrnn.npsample import draw_text, sampling_context
 from charrnn.vocab import Vocab
 
 
@@ -42,22 +42,16 @@ def generate(
     ends with `cfg.stop`. Raises CharRNNError for characters outside the vocab.
     """
     ids = vocab.encode(sampling_context(prime, vocab))
-    rng = np.random.default_rng(cfg.seed)  # None: fresh entropy
     stepper = stepper or ModelStepper(model)
     device = model.head.weight.device
-    state = model.init_state(1, device)
-    logits, state = stepper.prefill(torch.tensor([ids], device=device), state)
-    out: list[str] = []
-    stop = StopTail(cfg.stop)
-    for _ in range(cfg.length):
-        nxt = int(draw(logits.float().cpu().numpy(), cfg, rng)[0])
-        ch = vocab.chars[nxt]
-        out.append(ch)
-        emit(ch)
-        if stop.reached(ch):
-            break
-        logits, state = stepper.step(torch.tensor([nxt], device=device), state)
-    return "".join(out)
+    logits, state = stepper.prefill(torch.tensor([ids], device=device), model.init_state(1, device))
+
+    def step(nxt: np.ndarray) -> np.ndarray:
+        nonlocal state
+        out, state = stepper.step(torch.from_numpy(nxt).to(device), state)
+        return out.float().cpu().numpy()
+
+    return draw_text(logits.float().cpu().numpy(), step, vocab, cfg, emit)
 
 
 @torch.inference_mode()

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn import npsample
+from charrnn import cli, npsample
 from charrnn.checkpoint import Checkpoint, save_checkpoint
-from charrnn import cli
 from charrnn.cli import app
 from charrnn.config import ModelConfig, SampleConfig, TrainConfig
 from charrnn.fastpath import ModelStepper, build_stepper
