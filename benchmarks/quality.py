@@ -58,6 +58,19 @@ def run_once(corpus: Path, budget: str, flags: list[str], runs_dir: Path, name: 
     }
 
 
+def sgemm_gflops(n: int = 2048, reps: int = 5) -> float:
+    """This machine's fp32 matmul speed right now, in a fresh process as training sees it.
+
+    Shared machines vary by a third from hour to hour; a fixed-time result reads only
+    beside the speed it ran at.
+    """
+    code = ("import time, torch; a = torch.randn({n}, {n}); a @ a; t = time.perf_counter()\n"
+            "for _ in range({reps}): a @ a\n"
+            "print(2 * {n} ** 3 * {reps} / (time.perf_counter() - t) / 1e9)").format(n=n, reps=reps)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return round(float(out), 1)
+
+
 def _shown_path(path: Path) -> str:
     """The corpus path relative to the repository (results are committed), else its name."""
     try:
@@ -98,11 +111,12 @@ def main() -> None:
         runs_dir = args.keep or Path(tmp) / "runs"
         for budget in args.budgets.split(","):
             for i, (label, flags) in enumerate(variants):
-                row = {"variant": label, **run_once(args.corpus, budget, flags, runs_dir,
+                gflops = sgemm_gflops()
+                row = {"variant": label, "sgemm_gflops_before": gflops, **run_once(args.corpus, budget, flags, runs_dir,
                                                     f"q-{budget}-{i}-{int(time.time())}", Path(tmp) / "data")}
                 rows.append(row)
                 shown = {k: row.get(k) for k in ("budget", "variant", "best_val", "best_bpc", "best_at_s", "wall_s",
-                                                 "stop", "config", "error")}
+                                                 "stop", "config", "error", "sgemm_gflops_before")}
                 print(json.dumps(shown), flush=True)
     report = {"benchmark": "quality", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
