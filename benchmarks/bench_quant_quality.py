@@ -2,7 +2,9 @@
 
 Scores the validation split (the last --val-frac of the corpus, as training
 uses) through the very step function that samples, for fp32, bf16 and int8
-weights, and checks that a fixed seed gives the same sample twice per mode.
+weights on torch's fast step and for fp32 and int8 on the NumPy engine (what
+`charrnn sample` runs on a CPU), and checks that a fixed seed gives the same
+sample twice per mode. Every row cuts the text into the same --streams streams.
 
     python benchmarks/bench_quant_quality.py checkpoints/RUN/best.pt tinyshakespeare.txt --json q.json
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from charrnn import npint8, npsample
 from charrnn.checkpoint import build_model, load_checkpoint
 from charrnn.config import SampleConfig
 from charrnn.corpus import prepare, split
@@ -40,17 +43,32 @@ def main() -> None:
         _, val = split(data.tokens, args.val_frac)
         val = val.copy()
     rows = []
+    cfg = SampleConfig(length=300, seed=42)
+
+    def record(mode: str, nats: float, seconds: float, one: str, two: str) -> None:
+        rows.append({"weights": mode, "val_nats": nats, "val_bits": nats / 0.6931471805599453,
+                     "seconds": seconds, "repeatable": one == two, "sample": "ROMEO:" + one})
+        print(f"{mode:>10}: val {nats:.5f} nats/char  ({seconds:.1f}s)  repeatable={one == two}", flush=True)
+
     for mode in available_weight_modes(torch.device("cpu")):
         stepper = build_stepper(model, mode)
         start = time.perf_counter()
         nats = score_with_stepper(stepper, model, val, args.streams)
         seconds = time.perf_counter() - start
-        cfg = SampleConfig(length=300, seed=42)
         one = generate(model, ckpt.vocab, "ROMEO:", cfg, lambda c: None, build_stepper(model, mode))
         two = generate(model, ckpt.vocab, "ROMEO:", cfg, lambda c: None, build_stepper(model, mode))
-        rows.append({"weights": mode, "val_nats": nats, "val_bits": nats / 0.6931471805599453,
-                     "seconds": seconds, "repeatable": one == two, "sample": "ROMEO:" + one})
-        print(f"{mode:>5}: val {nats:.4f} nats/char  ({seconds:.1f}s)  repeatable={one == two}", flush=True)
+        record(mode, nats, seconds, one, two)
+    for mode in ("fp32", "int8") if npint8.available() else ("fp32",):
+        loaded = npsample.load(args.checkpoint, mode)
+        if loaded is None:
+            break  # a kind the NumPy engine does not serve
+        net = loaded[0]
+        start = time.perf_counter()
+        nats = npsample.score(net, val, args.streams, 256)
+        seconds = time.perf_counter() - start
+        one = npsample.generate(net, ckpt.vocab, "ROMEO:", cfg, lambda c: None)
+        two = npsample.generate(npsample.load(args.checkpoint, mode)[0], ckpt.vocab, "ROMEO:", cfg, lambda c: None)
+        record(f"numpy-{mode}", nats, seconds, one, two)
     base = rows[0]["val_nats"]
     for row in rows:
         row["delta_vs_fp32"] = row["val_nats"] - base

@@ -13,6 +13,8 @@ the steps alone. Methods:
     numpy   charrnn.npsample: the torch-free step `charrnn sample` uses on the CPU
             (lstm/gru/rnn), with its own draw; one BLAS thread, as there
             (OPENBLAS_NUM_THREADS), whatever --threads says
+    numpy-int8   the same step with int8 weights (charrnn.npint8's compiled
+            product, one thread): what `charrnn sample --weights int8` runs
     limit   the fp32 fast step's matmuls alone, on its very weights: the table
             gather, one matmul per linear of the step and the head, with no
             nonlinearity, no state update and nothing else. No fp32 step that
@@ -46,7 +48,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from charrnn import npsample
+from charrnn import npint8, npsample
 from charrnn.config import FUSED_MODELS, ModelConfig, SampleConfig
 from charrnn.fastpath import FastStepper, available_weight_modes, build_stepper
 from charrnn.model import CharRNN, State
@@ -75,9 +77,10 @@ def make_loop(step: StepFn, model: CharRNN, streams: int, draw: bool) -> Callabl
     return run
 
 
-def numpy_loop(model: CharRNN, streams: int, draw: bool) -> Callable[[int], None]:
+def numpy_loop(model: CharRNN, streams: int, draw: bool, weights: str = "fp32") -> Callable[[int], None]:
     """As make_loop, on charrnn.npsample's step and draw (the model's weights as arrays)."""
-    net = npsample.NumpyNet(model.cfg, {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
+    arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    net = npsample.make_net(model.cfg, arrays, weights)
     rng = np.random.default_rng(0)
     cfg = SampleConfig(temperature=TEMPERATURE)
     x = np.zeros(streams, np.int64)
@@ -145,6 +148,8 @@ def bench_case(model: CharRNN, streams: int, rounds: int, chunk_s: float, draw: 
             loops[mode] = make_loop(stepper.step, model, streams, draw)
     if device.type == "cpu" and model.cfg.model in FUSED_MODELS:
         loops["numpy"] = numpy_loop(model, streams, draw)
+        if npint8.available():
+            loops["numpy-int8"] = numpy_loop(model, streams, draw, "int8")
     if isinstance(eager, FastStepper):
         loops["limit"] = make_loop(limit_step(eager), model, streams, draw)
     work = dict.fromkeys(loops, streams)  # characters per loop step
@@ -170,6 +175,7 @@ def bench_case(model: CharRNN, streams: int, rounds: int, chunk_s: float, draw: 
         rates["dram"] = [bw / fp32_bytes for bw in rates.pop("copy")]
     methods = [m for m in rates if m not in ("naive", "limit", "dram")]
     pairs = [(m, "naive") for m in methods] + [(m, "fp32") for m in methods if m != "fp32"]
+    pairs += [("numpy-int8", "numpy")] if "numpy-int8" in rates else []
     pairs += [(m, ref) for m in ("fp32", "numpy") for ref in ("limit", "dram") if ref in rates and m in rates]
     return {
         "fp32_weight_bytes": fp32_bytes,
@@ -192,8 +198,9 @@ def format_row(row: dict) -> str:
         if ref in rates:
             text += f" | {ref} {rates[ref]:,.0f}: " + ", ".join(
                 f"{m} {ratios[f'{m}/{ref}']:.2f}x" for m in ("fp32", "numpy") if f"{m}/{ref}" in ratios)
-    if "int8/fp32" in ratios:
-        text += f" | int8/fp32 {ratios['int8/fp32']:.2f}x"
+    for pair in ("int8/fp32", "numpy-int8/fp32", "numpy-int8/numpy"):
+        if pair in ratios:
+            text += f" | {pair} {ratios[pair]:.2f}x"
     return text
 
 

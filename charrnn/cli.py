@@ -415,8 +415,8 @@ def sample(
     stop: Annotated[str, typer.Option(help="End a sample once it produces this string.")] = "",
     weights: Annotated[str, typer.Option(help="Weights for sampling: fp32 | bf16 | int8.")] = "fp32",
     engine: Annotated[str, typer.Option(help=(
-        "auto | numpy | torch. numpy steps lstm/gru/rnn runs with fp32 weights on the CPU without "
-        "loading torch (first character in under a second); auto uses it when it can."))] = "auto",
+        "auto | numpy | torch. numpy steps lstm/gru/rnn runs with fp32 or int8 weights on the CPU "
+        "without loading torch (first character in under a second); auto uses it when it can."))] = "auto",
     device: Device = "cpu",
     runs_dir: RunsDir = Path("checkpoints"),
 ) -> None:
@@ -467,19 +467,42 @@ def sample(
 
 def _numpy_sampler(path: Path, engine: str, weights: str, device: str) -> tuple[Callable, Any] | None:
     """(generate(prime, cfg, emit), vocab) on charrnn.npsample, or None when torch must serve."""
-    if engine == "torch" or (engine == "auto" and (weights != "fp32" or device != "cpu")):
+    loaded = _numpy_net(path, engine, weights, device)
+    if loaded is None:
         return None
-    if weights != "fp32" or device != "cpu":
-        raise CharRNNError("--engine numpy runs fp32 weights on the CPU: drop --weights/--device or use --engine torch.")
     from charrnn import npsample
 
-    loaded = npsample.load(path)
-    if loaded is None:
-        if engine == "numpy":
-            raise CharRNNError(f"--engine numpy cannot read '{path}' (it serves lstm, gru and rnn runs): use --engine torch.")
-        return None
     net, vocab = loaded
     return functools.partial(npsample.generate, net, vocab), vocab
+
+
+def _numpy_net(path: Path, engine: str, weights: str, device: str) -> tuple[Any, Any] | None:
+    """(NumPy network, vocab) of the checkpoint for --engine numpy, and for auto where the
+    NumPy engine runs these weights; None when torch must serve. Raises CharRNNError."""
+    if engine not in ("auto", "numpy", "torch"):
+        raise CharRNNError(f"unknown --engine '{engine}': choose auto, numpy or torch.")
+    if engine == "torch":
+        return None
+    modes = ["fp32"] + (["int8"] if _numba_int8() else [])
+    if weights not in modes or device != "cpu":
+        if engine == "auto":
+            return None
+        hint = " (int8 there needs numba: pip install numba)" if weights == "int8" else ""
+        raise CharRNNError(f"--engine numpy runs {' and '.join(modes)} weights on the CPU{hint}: "
+                           "change --weights/--device or use --engine torch.")
+    from charrnn import npsample
+
+    loaded = npsample.load(path, weights)
+    if loaded is None and engine == "numpy":
+        raise CharRNNError(f"--engine numpy cannot read '{path}' (it serves lstm, gru and rnn runs): use --engine torch.")
+    return loaded
+
+
+def _numba_int8() -> bool:
+    """Whether the NumPy engine's compiled int8 product can run here (imports numba)."""
+    from charrnn import npint8
+
+    return npint8.available()
 
 
 def _torch_sampler(path: Path, weights: str, device: str) -> tuple[Callable, Any]:
@@ -527,6 +550,9 @@ def evaluate_cmd(
     batch_size: Annotated[int, typer.Option(help="Parallel streams while scoring.")] = 32,
     seq_len: Annotated[int, typer.Option(help="Characters per chunk (state is carried across).")] = 256,
     weights: Annotated[str, typer.Option(help="Weights: fp32 | bf16 | int8.")] = "fp32",
+    engine: Annotated[str, typer.Option(help=(
+        "auto | numpy | torch: the engine `charrnn sample` would use. auto scores int8 on the NumPy "
+        "engine's step where it runs (lstm/gru/rnn, numba installed), everything else with torch."))] = "auto",
     device: Device = "auto",
     runs_dir: RunsDir = Path("checkpoints"),
 ) -> None:
@@ -541,6 +567,8 @@ def evaluate_cmd(
 
     if batch_size < 1 or seq_len < 1:
         raise CharRNNError("--batch-size and --seq-len must be at least 1.")
+    if engine not in ("auto", "numpy", "torch"):
+        raise CharRNNError(f"unknown --engine '{engine}': choose auto, numpy or torch.")
     path = resolve_checkpoint(run, runs_dir)
     ckpt = load_checkpoint(path)
     if file.startswith("task:"):
@@ -550,15 +578,27 @@ def evaluate_cmd(
     tokens = np.asarray(ckpt.vocab.encode(text), dtype=np.int64)
     if len(tokens) < 2:
         raise CharRNNError(f"'{file}' has {len(tokens)} character(s): at least 2 are needed to score.")
-    dev = pick_device(device)
-    model = build_model(ckpt).to(dev)
-    if weights != "fp32":
-        from charrnn.fastpath import quantize_model  # type: ignore[attr-defined]
+    # fp32 on auto: torch's batched forward is faster than stepping; int8 on auto: the
+    # arithmetic `charrnn sample --weights int8` runs, so its cost is what is measured.
+    wants_numpy = engine == "numpy" or (engine == "auto" and weights == "int8")
+    loaded = _numpy_net(path, engine, weights, "cpu" if device in ("auto", "cpu") else device) if wants_numpy else None
+    if loaded is not None:
+        from charrnn import npsample
 
-        model = quantize_model(model, weights)
-    t0 = time.perf_counter()
-    nats = evaluate(model, tokens, batch_size, seq_len, dev)
-    result = {"checkpoint": str(path), "file": file, "chars": int(len(tokens)), "weights": weights,
+        used = f"numpy, {weights}"
+        t0 = time.perf_counter()
+        nats = npsample.score(loaded[0], tokens, batch_size, seq_len)
+    else:
+        dev = pick_device(device)
+        model = build_model(ckpt).to(dev)
+        if weights != "fp32":
+            from charrnn.fastpath import quantize_model  # type: ignore[attr-defined]
+
+            model = quantize_model(model, weights)
+        used = f"torch, {weights}"
+        t0 = time.perf_counter()
+        nats = evaluate(model, tokens, batch_size, seq_len, dev)
+    result = {"checkpoint": str(path), "file": file, "chars": int(len(tokens)), "weights": weights, "engine": used,
               "nats_per_char": nats, "bits_per_char": nats / LN2, "perplexity": math.exp(nats),
               "seconds": time.perf_counter() - t0}
     if as_json:
@@ -567,6 +607,7 @@ def evaluate_cmd(
     table = Table(show_header=False, box=None)
     table.add_row("checkpoint", str(path))
     table.add_row("characters", f"{len(tokens):,}")
+    table.add_row("engine", used)
     table.add_row("nats/char", f"{nats:.4f}")
     table.add_row("bits/char", f"{nats / LN2:.4f}")
     table.add_row("perplexity", f"{math.exp(nats):.3f}")

@@ -167,18 +167,19 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def load(path: Path) -> tuple[NumpyNet, Vocab] | None:
-    """The network and vocabulary of checkpoint `path`, or None when this path cannot
-    serve it (then `charrnn.checkpoint.load_checkpoint` reads it, or says what is wrong)."""
+def load(path: Path, weights: str = "fp32") -> tuple[NumpyNet, Vocab] | None:
+    """The network and vocabulary of checkpoint `path`, its products in `weights` (fp32 or
+    int8), or None when this path cannot serve it (then `charrnn.checkpoint.load_checkpoint`
+    reads it, or says what is wrong)."""
     try:
         with zipfile.ZipFile(path) as archive_zip:
-            return _load(_Archive(archive_zip))
+            return _load(_Archive(archive_zip), weights)
     except (OSError, EOFError, KeyError, ValueError, TypeError, AttributeError, IndexError,
             pickle.UnpicklingError, zipfile.BadZipFile, CharRNNError):
         return None
 
 
-def _load(archive: _Archive) -> tuple[NumpyNet, Vocab] | None:
+def _load(archive: _Archive, weights: str) -> tuple[NumpyNet, Vocab] | None:
     """What `load` returns, from an opened archive; raises on a malformed one."""
     data = archive.payload
     if not isinstance(data, dict) or data.get("format") not in range(1, FORMAT_VERSION + 1):
@@ -189,13 +190,13 @@ def _load(archive: _Archive) -> tuple[NumpyNet, Vocab] | None:
     expected = _expected_shapes(cfg) if cfg.model in FUSED_MODELS else None
     if expected is None or len(vocab) != cfg.vocab_size or not isinstance(state, dict) or set(state) != set(expected):
         return None
-    weights = {}
+    arrays = {}
     for name, shape in expected.items():
         ref = state[name]
         if not isinstance(ref, _TensorRef) or ref.shape != shape:
             return None
-        weights[name] = archive.array(ref)
-    return NumpyNet(cfg, weights), vocab
+        arrays[name] = archive.array(ref)
+    return make_net(cfg, arrays, weights), vocab
 
 
 # --------------------------------------------------------------------------------------
@@ -211,13 +212,45 @@ def _sigmoid_(x: np.ndarray) -> np.ndarray:
     return x
 
 
+class Dense:
+    """x @ W^T with W (N, K) held as float32, transposed once so that NumPy's BLAS reads it
+    row-major; `charrnn.npint8.Int8Dense` is the same with int8 weights."""
+
+    def __init__(self, weight: np.ndarray) -> None:
+        self.w_t = np.ascontiguousarray(weight.T, dtype=np.float32)
+        self.nbytes = self.w_t.nbytes
+
+    def into(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """out (B, N) = x (B, K) @ W^T; returns out."""
+        return np.dot(x, self.w_t, out=out)
+
+
+def make_net(cfg: ModelConfig, w: dict[str, np.ndarray], weights: str = "fp32") -> NumpyNet:
+    """The NumPy network for a weight mode: fp32 here, int8 in charrnn.npint8 (needs numba)."""
+    if weights == "fp32":
+        return NumpyNet(cfg, w)
+    if weights != "int8":
+        raise CharRNNError(f"the NumPy engine runs fp32 and int8 weights, not {weights}: use --engine torch.")
+    from charrnn import npint8
+
+    if not npint8.available():
+        raise CharRNNError("int8 weights on the NumPy engine need numba (pip install numba), or use --engine torch.")
+    return npint8.Int8Net(cfg, w)
+
+
 class NumpyNet:
     """A stacked lstm/gru/rnn from its fp32 weights; `step` advances B streams by one symbol.
 
-    State: a list over layers of (h,) or, for LSTM, (h, c) arrays of shape (B, H).
+    `product` holds each weight matrix (here fp32: Dense; charrnn.npint8.Int8Net uses
+    int8); the first layer's folded input table and the biases stay fp32 (a row lookup,
+    no product). State: a list over layers of (h,) or, for LSTM, (h, c) arrays of shape (B, H).
     """
 
+    product: Callable[[np.ndarray], Any] = Dense
+    weights = "fp32"
+
     def __init__(self, cfg: ModelConfig, w: dict[str, np.ndarray]) -> None:
+        product = self.product
         self.cfg = cfg
         self.kind = cfg.model
         H = self.hidden = cfg.hidden_size
@@ -230,15 +263,15 @@ class NumpyNet:
         # (V, G): embedding row -> first layer's input projection and bias. GRU keeps b_hh on
         # the recurrent side, where its n-part is scaled by the reset gate.
         self.table = w["embed.weight"] @ w_ih0.T + (b_ih0 if self.kind == "gru" else b_ih0 + b_hh0)
-        self.first_hh = np.ascontiguousarray(w_hh0.T)  # (H, G): x @ W^T as a row-major product
+        self.first_hh = product(w_hh0)  # h -> (B, G)
         self.first_bias = b_hh0 if self.kind == "gru" else None
-        self.upper = []  # per further layer: (W^T, bias), or for GRU (W_ih^T, b_ih, W_hh^T, b_hh)
+        self.upper = []  # per further layer: ([x, h] product, bias), or for GRU (ih, b_ih, hh, b_hh)
         for w_ih, w_hh, b_ih, b_hh in p[1:]:
             if self.kind == "gru":
-                self.upper.append((np.ascontiguousarray(w_ih.T), b_ih, np.ascontiguousarray(w_hh.T), b_hh))
+                self.upper.append((product(w_ih), b_ih, product(w_hh), b_hh))
             else:
-                self.upper.append((np.ascontiguousarray(np.concatenate([w_ih, w_hh], 1).T), b_ih + b_hh))
-        self.head_w = np.ascontiguousarray(w["head.weight"].T)  # (H, V)
+                self.upper.append((product(np.concatenate([w_ih, w_hh], 1)), b_ih + b_hh))
+        self.head = product(w["head.weight"])  # h -> (B, V)
         self.head_b = w["head.bias"]
         self._work: dict[int, list[tuple[np.ndarray, ...]]] = {}
 
@@ -264,20 +297,22 @@ class NumpyNet:
             layer_state = step_layer(i, inp, state[i], work[i])
             inp = layer_state[0]
             new.append(layer_state)
-        return inp @ self.head_w + self.head_b, new
+        logits = self.head.into(inp, np.empty((len(x), len(self.head_b)), np.float32))
+        logits += self.head_b
+        return logits, new
 
     def _project(self, i: int, inp: np.ndarray, h: np.ndarray, buf: tuple[np.ndarray, ...]) -> np.ndarray:
         """Pre-activations (B, G) of an lstm/rnn layer: input projection + h @ W_hh^T + biases."""
         xh, g = buf
         if i == 0:
-            np.dot(h, self.first_hh, out=g)
+            self.first_hh.into(h, g)
             g += self.table[inp]
             return g
         H = self.hidden
         xh[:, :H] = inp
         xh[:, H:] = h
-        w_t, bias = self.upper[i - 1]
-        np.dot(xh, w_t, out=g)
+        product, bias = self.upper[i - 1]
+        product.into(xh, g)
         g += bias
         return g
 
@@ -300,13 +335,13 @@ class NumpyNet:
         gi, gh = buf  # rows r, z, n
         if i == 0:
             gi[:] = self.table[inp]
-            np.dot(h, self.first_hh, out=gh)
+            self.first_hh.into(h, gh)
             gh += self.first_bias
         else:
             w_ih, b_ih, w_hh, b_hh = self.upper[i - 1]
-            np.dot(inp, w_ih, out=gi)
+            w_ih.into(inp, gi)
             gi += b_ih
-            np.dot(h, w_hh, out=gh)
+            w_hh.into(h, gh)
             gh += b_hh
         rz = _sigmoid_(gi[:, : 2 * H] + gh[:, : 2 * H])
         n = rz[:, :H] * gh[:, 2 * H :]
@@ -316,6 +351,26 @@ class NumpyNet:
         out *= rz[:, H:]
         out += n
         return (out,)
+
+
+def score(net: NumpyNet, tokens: np.ndarray, batch_size: int, seq_len: int) -> float:
+    """Mean cross-entropy (nats/char) of `tokens` through `net.step`, state carried across
+    chunks: the streams and chunks of charrnn.training.evaluate, on the step that samples."""
+    from charrnn.batching import eval_chunks
+
+    total, count = 0.0, 0
+    state = None
+    for x, y in eval_chunks(tokens, batch_size, seq_len):
+        if state is None:
+            state = net.zero_state(len(x))
+        for t in range(x.shape[1]):
+            logits, state = net.step(np.ascontiguousarray(x[:, t]), state)
+            z = logits.astype(np.float64)
+            z -= z.max(axis=1, keepdims=True)
+            log_norm = np.log(np.exp(z).sum(axis=1))
+            total += float((log_norm - z[np.arange(len(z)), y[:, t]]).sum())
+            count += len(z)
+    return total / max(count, 1)
 
 
 # --------------------------------------------------------------------------------------

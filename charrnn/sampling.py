@@ -17,7 +17,7 @@ import torch
 from charrnn.config import SampleConfig
 from charrnn.errors import CharRNNError
 from charrnn.fastpath import ModelStepper, Stepper, build_stepper
-from charrnn.model import CharRNN, State
+from charrnn.model import CharRNN
 from charrnn.npsample import draw_text, sampling_context
 from charrnn.vocab import Vocab
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import random
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
+# numba keeps compiled kernels beside charrnn/npint8.py; the tests keep theirs in a temporary folder.
+os.environ.setdefault("NUMBA_CACHE_DIR", tempfile.mkdtemp(prefix="charrnn-numba-"))
 torch.set_num_threads(1)  # tiny models: one thread is fastest and keeps CI steady
 
 SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -42,3 +46,13 @@ def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
 
 
 TINY_TRAIN = ["--hidden", "32", "--layers", "1", "--batch-size", "4", "--seq-len", "16", "--quiet"]
+
+
+@pytest.fixture
+def trained(runner: CliRunner, corpus: Path) -> str:
+    """A 1x32 LSTM run named 'tiny', trained 30 steps on the generated corpus."""
+    from charrnn.cli import app
+
+    result = runner.invoke(app, ["train", str(corpus), "--name", "tiny", "--max-steps", "30", *TINY_TRAIN])
+    assert result.exit_code == 0, result.output
+    return "tiny"

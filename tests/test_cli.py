@@ -37,13 +37,6 @@ def test_help_does_not_import_torch() -> None:
     assert proc.returncode == 0 and "train" in proc.stdout
 
 
-@pytest.fixture
-def trained(runner, corpus: Path) -> str:
-    result = runner.invoke(app, ["train", str(corpus), "--name", "tiny", "--max-steps", "30", *TINY_TRAIN])
-    assert result.exit_code == 0, result.output
-    return "tiny"
-
-
 def test_prepare_train_sample_eval_loop(runner, corpus: Path, trained: str) -> None:
     result = runner.invoke(app, ["prepare", str(corpus)])
     assert result.exit_code == 0 and "characters" in result.output

@@ -21,7 +21,6 @@ from charrnn.fastpath import ModelStepper, build_stepper
 from charrnn.model import CharRNN
 from charrnn.sampling import generate
 from charrnn.vocab import build_vocab
-from conftest import TINY_TRAIN
 
 VOCAB = build_vocab("abcdefgh \n")
 
@@ -120,13 +119,6 @@ def test_reader_never_runs_code_from_the_file(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-@pytest.fixture
-def trained(runner, corpus: Path) -> str:
-    result = runner.invoke(app, ["train", str(corpus), "--name", "tiny", "--max-steps", "30", *TINY_TRAIN])
-    assert result.exit_code == 0, result.output
-    return "tiny"
-
-
 def test_every_path_writes_the_same_characters_for_a_seed(runner, trained: str) -> None:
     outs = {}
     for engine in ("numpy", "torch", "auto"):
@@ -157,16 +149,19 @@ def test_the_straightforward_path_draws_the_same(tmp_path: Path) -> None:
 
 
 def test_numpy_engine_refuses_what_it_cannot_run(runner, trained: str) -> None:
-    result = runner.invoke(app, ["sample", trained, "--engine", "numpy", "--weights", "int8"])
-    assert result.exit_code == 1 and result.stderr.startswith("error: --engine numpy runs fp32")
+    result = runner.invoke(app, ["sample", trained, "--engine", "numpy", "--weights", "bf16"])
+    assert result.exit_code == 1 and result.stderr.startswith("error: --engine numpy runs fp32 and int8 weights")
     result = runner.invoke(app, ["sample", trained, "--engine", "fast"])
     assert result.exit_code == 1 and "choose auto, numpy or torch" in result.stderr
 
 
-def test_sample_does_not_import_torch(runner, trained: str) -> None:
+@pytest.mark.parametrize("weights", ["fp32", "int8"])
+def test_sample_does_not_import_torch(runner, trained: str, weights: str) -> None:
+    if weights == "int8":
+        pytest.importorskip("numba", reason="int8 on the NumPy engine needs numba")
     code = (
         "import sys; from charrnn.cli import main\n"
-        "sys.argv = ['charrnn', 'sample', '-n', '20', '--seed', '3']\n"
+        f"sys.argv = ['charrnn', 'sample', '-n', '20', '--seed', '3', '--weights', '{weights}']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "print('torch' in sys.modules, file=sys.stderr)"
     )
