@@ -487,7 +487,7 @@ def _numpy_net(path: Path, engine: str, weights: str, device: str) -> tuple[Any,
     if weights not in modes or device != "cpu":
         if engine == "auto":
             return None
-        hint = " (int8 there needs numba: pip install numba)" if weights == "int8" else ""
+        hint = " (int8 there needs numba: pip install numba)" if weights == "int8" and "int8" not in modes else ""
         raise CharRNNError(f"--engine numpy runs {' and '.join(modes)} weights on the CPU{hint}: "
                            "change --weights/--device or use --engine torch.")
     from charrnn import npsample
