@@ -483,12 +483,13 @@ def _numpy_net(path: Path, engine: str, weights: str, device: str) -> tuple[Any,
         raise CharRNNError(f"unknown --engine '{engine}': choose auto, numpy or torch.")
     if engine == "torch":
         return None
-    modes = ["fp32"] + (["int8"] if _numba_int8() else [])
-    if weights not in modes or device != "cpu":
+    # numba is imported only when int8 is asked for: fp32 sampling starts without it.
+    if device != "cpu" or not (weights == "fp32" or (weights == "int8" and _numba_int8())):
         if engine == "auto":
             return None
-        hint = " (int8 there needs numba: pip install numba)" if weights == "int8" and "int8" not in modes else ""
-        raise CharRNNError(f"--engine numpy runs {' and '.join(modes)} weights on the CPU{hint}: "
+        int8 = _numba_int8()
+        hint = " (int8 there needs numba: pip install numba)" if weights == "int8" and not int8 else ""
+        raise CharRNNError(f"--engine numpy runs {'fp32 and int8' if int8 else 'fp32'} weights on the CPU{hint}: "
                            "change --weights/--device or use --engine torch.")
     from charrnn import npsample
 

@@ -163,10 +163,11 @@ def test_sample_does_not_import_torch(runner, trained: str, weights: str) -> Non
         "import sys; from charrnn.cli import main\n"
         f"sys.argv = ['charrnn', 'sample', '-n', '20', '--seed', '3', '--weights', '{weights}']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "print('torch' in sys.modules, file=sys.stderr)"
+        "print('numba' in sys.modules, 'torch' in sys.modules, file=sys.stderr)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.stderr.strip().endswith("False"), proc.stderr
+    # torch never loads; numba only for int8 (it adds 0.4 s to the start)
+    assert proc.stderr.strip().endswith(f"{weights == 'int8'} False"), proc.stderr
     assert len(proc.stdout) == 20 + 1  # 20 characters and the closing newline
 
 
