@@ -65,69 +65,82 @@ def _jit(fn):
     return numba.njit(cache=True, fastmath=True, boundscheck=False, nogil=True)(fn)
 
 
-def _dot_avx2_codegen(context, builder, signature, args):
-    """LLVM IR for sum(x[k] * q[k], k < n): x uint8 (at most 127) at address args[0], q int8
-    at args[1], n = args[2] a multiple of _BLOCK. Four 256-bit accumulators hide latency."""
-    x_addr, q_addr, n = args
-    intp, i32 = n.type, ir.IntType(32)
-    v_bytes, v_i16, v_i32 = ir.VectorType(ir.IntType(8), 32), ir.VectorType(ir.IntType(16), 16), ir.VectorType(i32, 8)
-    module = builder.module
+def _dot_avx2_codegen(streams: int, lanes: int):
+    """Codegen of an intrinsic: sum(x_s[k] * q[k], k < n) for `streams` byte rows x_s (uint8,
+    at most 127) starting at address args[0], args[1] bytes apart, against one int8 row q at
+    args[2]; n = args[3] a multiple of 32 * lanes. Each 32-byte piece of q is loaded once for
+    every stream; streams * lanes 256-bit accumulators hide the multiply latency. Returns an
+    int32, or a tuple of `streams` int32."""
 
-    def declare(name: str, result: ir.Type, *params: ir.Type) -> ir.Function:
-        return module.globals.get(name) or ir.Function(module, ir.FunctionType(result, params), name)
+    def codegen(context, builder, signature, args):
+        x_addr, x_stride, q_addr, n = args
+        intp, i32 = n.type, ir.IntType(32)
+        v_bytes, v_i16, v_i32 = ir.VectorType(ir.IntType(8), 32), ir.VectorType(ir.IntType(16), 16), ir.VectorType(i32, 8)
+        module = builder.module
 
-    maddubs = declare("llvm.x86.avx2.pmadd.ub.sw", v_i16, v_bytes, v_bytes)
-    maddwd = declare("llvm.x86.avx2.pmadd.wd", v_i32, v_i16, v_i16)
-    reduce = declare("llvm.vector.reduce.add.v8i32", i32, v_i32)
-    ones = ir.Constant(v_i16, [1] * 16)
-    x_vec = builder.inttoptr(x_addr, v_bytes.as_pointer())
-    q_vec = builder.inttoptr(q_addr, v_bytes.as_pointer())
-    lanes = _BLOCK // 32
-    turns = builder.udiv(n, ir.Constant(intp, _BLOCK))
-    entry = builder.block
-    loop = builder.append_basic_block("dot.loop")
-    done = builder.append_basic_block("dot.done")
-    builder.cbranch(builder.icmp_unsigned("!=", turns, ir.Constant(intp, 0)), loop, done)
+        def declare(name: str, result: ir.Type, *params: ir.Type) -> ir.Function:
+            return module.globals.get(name) or ir.Function(module, ir.FunctionType(result, params), name)
 
-    builder.position_at_end(loop)
-    turn = builder.phi(intp)
-    accs = [builder.phi(v_i32) for _ in range(lanes)]
-    sums = []
-    for lane, acc in enumerate(accs):
-        at = builder.add(builder.mul(turn, ir.Constant(intp, lanes)), ir.Constant(intp, lane))
-        x32 = builder.load(builder.gep(x_vec, [at]), align=1)
-        q32 = builder.load(builder.gep(q_vec, [at]), align=1)
-        pairs = builder.call(maddubs, [x32, q32])  # 16 x int16: x0 q0 + x1 q1, ...
-        sums.append(builder.add(acc, builder.call(maddwd, [pairs, ones])))
-    next_turn = builder.add(turn, ir.Constant(intp, 1))
-    turn.add_incoming(ir.Constant(intp, 0), entry)
-    turn.add_incoming(next_turn, loop)
-    for acc, total in zip(accs, sums):
-        acc.add_incoming(ir.Constant(v_i32, None), entry)
-        acc.add_incoming(total, loop)
-    builder.cbranch(builder.icmp_unsigned("<", next_turn, turns), loop, done)
+        maddubs = declare("llvm.x86.avx2.pmadd.ub.sw", v_i16, v_bytes, v_bytes)
+        maddwd = declare("llvm.x86.avx2.pmadd.wd", v_i32, v_i16, v_i16)
+        reduce = declare("llvm.vector.reduce.add.v8i32", i32, v_i32)
+        ones = ir.Constant(v_i16, [1] * 16)
+        x_vecs = [builder.inttoptr(builder.add(x_addr, builder.mul(x_stride, ir.Constant(intp, s))), v_bytes.as_pointer())
+                  for s in range(streams)]
+        q_vec = builder.inttoptr(q_addr, v_bytes.as_pointer())
+        turns = builder.udiv(n, ir.Constant(intp, 32 * lanes))
+        entry = builder.block
+        loop = builder.append_basic_block("dot.loop")
+        done = builder.append_basic_block("dot.done")
+        builder.cbranch(builder.icmp_unsigned("!=", turns, ir.Constant(intp, 0)), loop, done)
 
-    builder.position_at_end(done)
-    finals = []
-    for total in sums:  # every phi first, then the arithmetic
-        final = builder.phi(v_i32)
-        final.add_incoming(ir.Constant(v_i32, None), entry)
-        final.add_incoming(total, loop)
-        finals.append(final)
-    total = finals[0]
-    for final in finals[1:]:
-        total = builder.add(total, final)
-    return builder.call(reduce, [total])
+        builder.position_at_end(loop)
+        turn = builder.phi(intp)
+        accs = [[builder.phi(v_i32) for _ in range(lanes)] for _ in range(streams)]
+        sums = [[None] * lanes for _ in range(streams)]
+        for lane in range(lanes):
+            at = builder.add(builder.mul(turn, ir.Constant(intp, lanes)), ir.Constant(intp, lane))
+            q32 = builder.load(builder.gep(q_vec, [at]), align=1)
+            for s in range(streams):
+                x32 = builder.load(builder.gep(x_vecs[s], [at]), align=1)
+                pairs = builder.call(maddubs, [x32, q32])  # 16 x int16: x0 q0 + x1 q1, ...
+                sums[s][lane] = builder.add(accs[s][lane], builder.call(maddwd, [pairs, ones]))
+        next_turn = builder.add(turn, ir.Constant(intp, 1))
+        turn.add_incoming(ir.Constant(intp, 0), entry)
+        turn.add_incoming(next_turn, loop)
+        for s in range(streams):
+            for acc, total in zip(accs[s], sums[s]):
+                acc.add_incoming(ir.Constant(v_i32, None), entry)
+                acc.add_incoming(total, loop)
+        builder.cbranch(builder.icmp_unsigned("<", next_turn, turns), loop, done)
+
+        builder.position_at_end(done)
+        finals = []
+        for s in range(streams):  # every phi first, then the arithmetic
+            for total in sums[s]:
+                final = builder.phi(v_i32)
+                final.add_incoming(ir.Constant(v_i32, None), entry)
+                final.add_incoming(total, loop)
+                finals.append(final)
+        results = []
+        for s in range(streams):
+            total = finals[s * lanes]
+            for final in finals[s * lanes + 1 : (s + 1) * lanes]:
+                total = builder.add(total, final)
+            results.append(builder.call(reduce, [total]))
+        return results[0] if streams == 1 else context.make_tuple(builder, signature.return_type, results)
+
+    return codegen
 
 
 def _dot_rows_plain(xu, b, q, start, stop, acc):  # pragma: no cover - compiled by numba
-    """acc[r] = sum(xu[b, k] * q[r, k]) for start <= r < stop, for CPUs without AVX2 (the
+    """acc[0, r] = sum(xu[b, k] * q[r, k]) for start <= r < stop, for CPUs without AVX2 (the
     same integers as the AVX2 loop, computed slower)."""
     for r in range(start, stop):
         total = np.int32(0)
         for k in range(q.shape[1]):
             total += np.int32(xu[b, k]) * np.int32(q[r, k])
-        acc[r] = total
+        acc[0, r] = total
 
 
 def _dot_rows_avx2(xu, b, q, start, stop, acc):  # pragma: no cover - compiled by numba
@@ -136,7 +149,21 @@ def _dot_rows_avx2(xu, b, q, start, stop, acc):  # pragma: no cover - compiled b
     x_addr = xu.ctypes.data + b * xu.shape[1]
     q_addr = q.ctypes.data
     for r in range(start, stop):
-        acc[r] = _dot_avx2(x_addr, q_addr + r * k_len, k_len)
+        acc[0, r] = _dot1_avx2(x_addr, 0, q_addr + r * k_len, k_len)
+
+
+def _dot_rows4_avx2(xu, b, q, start, stop, acc):  # pragma: no cover - compiled by numba
+    """acc[s, r] for the four streams b..b+3: each piece of a weight row is loaded once."""
+    k_len = q.shape[1]
+    x_addr = xu.ctypes.data + b * xu.shape[1]
+    q_addr = q.ctypes.data
+    for r in range(start, stop):
+        acc[0, r], acc[1, r], acc[2, r], acc[3, r] = _dot4_avx2(x_addr, xu.shape[1], q_addr + r * k_len, k_len)
+
+
+def _dot_rows4_plain(xu, b, q, start, stop, acc):  # pragma: no cover - compiled by numba
+    for s in range(4):
+        _dot_rows(xu, b + s, q, start, stop, acc[s:])
 
 
 def _qproduct(q, rowsum, scale, x1, x2, xu, acc, out):  # pragma: no cover - compiled by numba
@@ -144,9 +171,10 @@ def _qproduct(q, rowsum, scale, x1, x2, xu, acc, out):  # pragma: no cover - com
     concatenation quantized to 7 bits (x1 may be a (0, 0) array: no columns).
 
     q (N, Kp) int8 with Kp >= K1 + K2 (zero columns past them), rowsum (N,) its row sums
-    as int32, scale (N,) float32; xu (B', Kp) uint8 and acc (N,) int32 are scratch, B' >=
+    as int32, scale (N,) float32; xu (B', Kp) uint8 and acc (4, N) int32 are scratch, B' >=
     B. The streams are quantized first; then each block of weight rows meets every stream
-    while it is in the L1 cache, so the weights are read once per call whatever B is.
+    while it is in the L1 cache, four streams at a time where there are four (each piece of
+    a row loaded once for the four: at 64 streams 41 against 27 GMAC/s one by one).
     """
     n_streams, k2 = x2.shape
     k1 = x1.shape[1]
@@ -167,10 +195,17 @@ def _qproduct(q, rowsum, scale, x1, x2, xu, acc, out):  # pragma: no cover - com
     block = max(1, _L1_BYTES // q.shape[1])
     for start in range(0, n_rows, block):
         stop = min(start + block, n_rows)
-        for b in range(n_streams):
-            _dot_rows(xu, b, q, start, stop, acc)
-            for r in range(start, stop):
-                out[b, r] = np.float32(acc[r] - OFFSET * rowsum[r]) * (steps[b] * scale[r])
+        b = 0
+        while b < n_streams:
+            group = 4 if b + 4 <= n_streams else 1
+            if group == 4:
+                _dot_rows4(xu, b, q, start, stop, acc)
+            else:
+                _dot_rows(xu, b, q, start, stop, acc)
+            for s in range(group):
+                for r in range(start, stop):
+                    out[b + s, r] = np.float32(acc[s, r] - OFFSET * rowsum[r]) * (steps[b + s] * scale[r])
+            b += group
 
 
 # tanh(v) ~ v P(v^2) / Q(v^2) on |v| <= 9 (tanh(9) = 1 - 3e-8), coefficients fitted for this
@@ -240,11 +275,16 @@ def _gru_layer(qi, rowsum_i, scale_i, x, base_i, ids, qh, rowsum_h, scale_h, h, 
 
 if numba is not None:
     if _has_avx2():
-        _dot_avx2 = intrinsic(lambda typingctx, x_addr, q_addr, n: (
-            numba.types.int32(numba.types.intp, numba.types.intp, numba.types.intp), _dot_avx2_codegen))
+        _ADDRS = (numba.types.intp,) * 4
+        _dot1_avx2 = intrinsic(lambda typingctx, x, stride, q, n: (
+            numba.types.int32(*_ADDRS), _dot_avx2_codegen(1, 4)))
+        _dot4_avx2 = intrinsic(lambda typingctx, x, stride, q, n: (
+            numba.types.UniTuple(numba.types.int32, 4)(*_ADDRS), _dot_avx2_codegen(4, 2)))
         _dot_rows = _jit(_dot_rows_avx2)
+        _dot_rows4 = _jit(_dot_rows4_avx2)
     else:
         _dot_rows = _jit(_dot_rows_plain)
+        _dot_rows4 = _jit(_dot_rows4_plain)
     _qproduct = _jit(_qproduct)
     _tanh = _jit(_tanh)
     _sigmoid = _jit(_sigmoid)
@@ -265,7 +305,7 @@ class Int8Dense:
         self.q[:, :k_len] = np.clip(np.rint(weight / self.scale[:, None]), -127, 127)
         self.rowsum = self.q.sum(axis=1, dtype=np.int32)
         self.xu = np.zeros((1, self.q.shape[1]), np.uint8)
-        self.acc = np.empty(n_rows, np.int32)
+        self.acc = np.empty((4, n_rows), np.int32)  # up to four streams at a time
         self.nbytes = n_rows * k_len  # int8 weight bytes read per call (padding aside)
 
     def into(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:

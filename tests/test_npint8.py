@@ -13,9 +13,10 @@ from test_npsample import saved_model
 pytestmark = pytest.mark.skipif(not npint8.available(), reason="numba is not installed")
 
 
-@pytest.mark.parametrize("rows,cols,streams", [(7, 100, 1), (64, 128, 3), (33, 300, 2)])
+@pytest.mark.parametrize("rows,cols,streams", [(7, 100, 1), (64, 128, 5), (33, 300, 4)])
 def test_integer_dot_products_are_exact_on_every_kernel(rows: int, cols: int, streams: int) -> None:
-    """The AVX2 loop (where the CPU has it) and the plain loop give the true integer sums."""
+    """The AVX2 loops (where the CPU has them; one stream or four at a time) and the plain
+    loops give the true integer sums."""
     rng = np.random.default_rng(rows)
     dense = npint8.Int8Dense(rng.standard_normal((rows, cols)).astype(np.float32))
     xu = rng.integers(1, 128, (streams, dense.q.shape[1])).astype(np.uint8)
@@ -23,9 +24,13 @@ def test_integer_dot_products_are_exact_on_every_kernel(rows: int, cols: int, st
     plain = npint8._jit(npint8._dot_rows_plain)
     for kernel in {npint8._dot_rows, plain}:
         for b in range(streams):
-            acc = np.zeros(rows, np.int32)
+            acc = np.zeros((4, rows), np.int32)
             kernel(xu, b, dense.q, 0, rows, acc)
-            np.testing.assert_array_equal(acc, want[b])
+            np.testing.assert_array_equal(acc[0], want[b])
+    if streams >= 4:
+        acc = np.zeros((4, rows), np.int32)
+        npint8._dot_rows4(xu, streams - 4, dense.q, 0, rows, acc)
+        np.testing.assert_array_equal(acc, want[streams - 4 :])
 
 
 def test_int8_product_is_within_quantization_error() -> None:
