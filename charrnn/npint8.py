@@ -174,7 +174,8 @@ def _qproduct(q, rowsum, scale, x1, x2, xu, acc, out):  # pragma: no cover - com
     as int32, scale (N,) float32; xu (B', Kp) uint8 and acc (4, N) int32 are scratch, B' >=
     B. The streams are quantized first; then each block of weight rows meets every stream
     while it is in the L1 cache, four streams at a time where there are four (each piece of
-    a row loaded once for the four: at 64 streams 41 against 27 GMAC/s one by one).
+    a row loaded once for the four: at 64 streams about 1.3x the one-by-one loop, 39-56
+    against 30-45 GMAC/s in interleaved rounds on the 2-core EPYC).
     """
     n_streams, k2 = x2.shape
     k1 = x1.shape[1]
