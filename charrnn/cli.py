@@ -437,8 +437,7 @@ def sample(
     from charrnn.corpus import read_text
     from charrnn.runs import resolve_checkpoint
 
-    if engine not in ("auto", "numpy", "torch"):
-        raise CharRNNError(f"unknown --engine '{engine}': choose auto, numpy or torch.")
+    _check_engine(engine)
     path = resolve_checkpoint(run, runs_dir)
     if run is None:
         err.print(f"sampling from {path}", highlight=False)
@@ -478,9 +477,8 @@ def _numpy_sampler(path: Path, engine: str, weights: str, device: str) -> tuple[
 
 def _numpy_net(path: Path, engine: str, weights: str, device: str) -> tuple[Any, Any] | None:
     """(NumPy network, vocab) of the checkpoint for --engine numpy, and for auto where the
-    NumPy engine runs these weights; None when torch must serve. Raises CharRNNError."""
-    if engine not in ("auto", "numpy", "torch"):
-        raise CharRNNError(f"unknown --engine '{engine}': choose auto, numpy or torch.")
+    NumPy engine runs these weights; None when torch must serve. Raises CharRNNError.
+    `engine` has passed _check_engine."""
     if engine == "torch":
         return None
     # numba is imported only when int8 is asked for: fp32 sampling starts without it.
@@ -497,6 +495,12 @@ def _numpy_net(path: Path, engine: str, weights: str, device: str) -> tuple[Any,
     if loaded is None and engine == "numpy":
         raise CharRNNError(f"--engine numpy cannot read '{path}' (it serves lstm, gru and rnn runs): use --engine torch.")
     return loaded
+
+
+def _check_engine(engine: str) -> None:
+    """Refuses an --engine other than auto, numpy or torch (sample and eval)."""
+    if engine not in ("auto", "numpy", "torch"):
+        raise CharRNNError(f"unknown --engine '{engine}': choose auto, numpy or torch.")
 
 
 def _numba_int8() -> bool:
@@ -568,8 +572,7 @@ def evaluate_cmd(
 
     if batch_size < 1 or seq_len < 1:
         raise CharRNNError("--batch-size and --seq-len must be at least 1.")
-    if engine not in ("auto", "numpy", "torch"):
-        raise CharRNNError(f"unknown --engine '{engine}': choose auto, numpy or torch.")
+    _check_engine(engine)
     path = resolve_checkpoint(run, runs_dir)
     ckpt = load_checkpoint(path)
     if file.startswith("task:"):

@@ -307,13 +307,10 @@ class Int8Dense:
         self.rowsum = self.q.sum(axis=1, dtype=np.int32)
         self.xu = np.zeros((1, self.q.shape[1]), np.uint8)
         self.acc = np.empty((4, n_rows), np.int32)  # up to four streams at a time
-        self.nbytes = n_rows * k_len  # int8 weight bytes read per call (padding aside)
 
     def into(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         """out (B, N) = x (B, K) @ W^T, both float32 C-contiguous; returns out."""
-        if self.xu.shape[0] < x.shape[0]:
-            self.xu = np.zeros((x.shape[0], self.q.shape[1]), np.uint8)
-        _qproduct(self.q, self.rowsum, self.scale, _NO_COLUMNS, x, self.xu, self.acc, out)
+        _qproduct(self.q, self.rowsum, self.scale, _NO_COLUMNS, x, self.scratch(len(x)), self.acc, out)
         return out
 
     def scratch(self, batch: int) -> np.ndarray:
@@ -331,7 +328,6 @@ class Int8Net(NumpyNet):
     product, the gates (with the fitted tanh above) and the new state."""
 
     product = Int8Dense
-    weights = "int8"
 
     def __init__(self, cfg: ModelConfig, w: dict[str, np.ndarray]) -> None:
         super().__init__(cfg, w)

@@ -218,7 +218,6 @@ class Dense:
 
     def __init__(self, weight: np.ndarray) -> None:
         self.w_t = np.ascontiguousarray(weight.T, dtype=np.float32)
-        self.nbytes = self.w_t.nbytes
 
     def into(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         """out (B, N) = x (B, K) @ W^T; returns out."""
@@ -247,7 +246,6 @@ class NumpyNet:
     """
 
     product: Callable[[np.ndarray], Any] = Dense
-    weights = "fp32"
 
     def __init__(self, cfg: ModelConfig, w: dict[str, np.ndarray]) -> None:
         product = self.product
