@@ -3,9 +3,13 @@
 Given the time budget, the corpus size and the device, `plan_run` picks the
 settings a user did not give on the command line:
 
+- precision: on a CPU with bf16 instructions (AMX, AVX-512 BF16) one size is
+  timed in fp32 and in bf16 autocast, and bf16 is used where it is clearly faster;
 - size: a few training steps of growing 2-layer LSTMs are timed on the device
   (the probe, a few seconds); the largest size that still sees at least
-  `CHARS_PER_PARAM` training characters per parameter within the budget wins,
+  `CHARS_PER_PARAM` training characters per parameter within the budget wins
+  (on a CPU, also one that sees the whole train split `EPOCHS_ENOUGH` times and
+  at least `MIN_CHARS_PER_PARAM` characters per parameter),
   capped at `PARAMS_PER_TRAIN_CHAR` parameters per character of the train split
   so that a tiny corpus does not get a huge model;
 - dropout and weight drop: from the number of passes over the data the budget
@@ -31,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from charrnn.config import ModelConfig
+from charrnn.training import bf16_supported
 
 # Named fixed sizes for `--preset`: model and batch settings (dropout stays automatic).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -43,6 +48,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Size ladders probed, smallest first, and the batch shape used with them.
 LADDER = {"cpu": (128, 256, 384, 512, 768, 1024), "gpu": (256, 512, 768, 1024, 1536, 2048)}
 SHAPE = {"cpu": (32, 128), "gpu": (128, 256)}  # (batch_size, longest seq_len)
+# bf16 autocast on a CPU with AMX or AVX-512 BF16 (oneDNN) is chosen when the probe finds it at
+# least this much faster than fp32; elsewhere torch emulates bf16 and it is slower. Its matrix
+# units want taller products: on a 2-core Xeon with AMX, a 2x512 step ran 13.4k chars/s at
+# B=32 and 21.6k at B=64 (T=32), so bf16 on a CPU plans twice the batch.
+BF16_MIN_GAIN = 1.2
+BF16_CPU_BATCH = 64
 # Truncated-BPTT length: short enough for about this many optimizer steps in the budget, at
 # least MIN_SEQ. Updates count more than context early on: on the 2-core CPU, 2x256 in 100 s
 # reached 2.004 nats/char with T=100, 1.630 with T=50 and 1.611 with T=32 (lr 3-6e-3); 2x384
@@ -57,12 +68,27 @@ LR = {"cpu": (5e-3, 256, 32), "gpu": (2e-3, 1024, 128)}
 # while dropout on a narrow embedding hides the input character: measured on an H100,
 # 2x1024 with dropout 0.5 reached 1.551 with 64 wide and ~1.40 with 1024 wide in 60 s.
 EMBED = {"cpu": 64, "gpu": 0}  # 0 = hidden size
-CHARS_PER_PARAM = 1.0  # training characters per parameter the budget must allow
+CHARS_PER_PARAM = 1.0  # training characters per parameter the budget must allow ...
+# ... or, for a small corpus on a fast machine, this many passes over the train split: past
+# them a larger model beats more passes of a smaller one. On a 2-core Xeon with AMX (bf16) in
+# 10 minutes, 2x512 (9 passes expected, dropout 0.14) over-fitted to 1.511 nats/char, while
+# 2x768 (5 passes, 0.82 characters per parameter) reached 1.451. Not below half a character
+# per parameter, though: the probe's few steps flatter large models there (2x1024 probed at
+# 7.6-8.4k chars/s, about 4.5 passes, then trained at 3.5-4.3k and ended at 1.98 and 2.13).
+EPOCHS_ENOUGH = 4.0
+MIN_CHARS_PER_PARAM = 0.5
 PARAMS_PER_TRAIN_CHAR = 20.0  # largest model per character of the train split
 FALLBACK_HIDDEN = 512  # size when the budget is not a time (epochs or steps)
 EVAL_SHARE = 0.06  # share of the budget spent validating, at most
 EVAL_MAX_SHARE_EACH = 0.05  # one validation at most this share; longer val splits are cut
 PROBE_SHARE = 0.05  # the probe stops once it has used this share of the budget
+# Dropout by exposure = expected passes x parameters per training character, calibrated on
+# tiny-shakespeare: 2-core CPU 10 minutes, 2x384 at 4.3 passes (exposure 8): dropout 0.1 cost
+# 0.034 nats/char against none; 2x768 at 5 passes (exposure 36): 0.1 beat none by 0.011 and
+# 0.2 by 0.029 (AMX bf16 Xeon); H200 2x512 at 22 passes (92): 0.25 reached 1.441; H100 2x1024
+# at 43 passes (590): 0.5 reached 1.402-1.415.
+DROPOUT_FREE_EXPOSURE = 16.0
+DROPOUT_FULL_EXPOSURE = 550.0
 PATIENCE = 3  # validations without a new best before stopping early
 # Recurrent weight drop is available (--weight-drop) but not planned: at 60 s on an H100 it
 # cost 0.012 (2x1024) and 0.055 (2x256) nats/char against locked dropout alone.
@@ -80,6 +106,7 @@ class Plan:
     chars_per_s: float = 0.0  # expected training speed of the chosen size
     expected_epochs: float = 0.0
     eval_estimate: float = 0.0  # expected seconds of one validation
+    bf16_gain: float = 1.0  # measured training speed of bf16 over fp32 where bf16 was chosen on a CPU
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -157,10 +184,20 @@ def plan_run(
     plan = Plan()
     kind = "gpu" if device.type == "cuda" else "cpu"
     model_kind = given.get("model", "lstm")
-    precision = given.get("precision") or _precision_for(device)
     layers = given.get("num_layers", 2)
     embed = given.get("embed_size", EMBED[kind])
     batch, seq = given.get("batch_size", SHAPE[kind][0]), given.get("seq_len", SHAPE[kind][1])
+
+    def config(hidden: int) -> ModelConfig:
+        return ModelConfig(vocab_size=vocab_size, model=model_kind, num_layers=layers, hidden_size=hidden,
+                           embed_size=embed)
+
+    precision = given.get("precision") or _precision_for(device)
+    if kind == "cpu" and "precision" not in given and budget and bf16_supported(device):
+        precision = _probe_cpu_precision(plan, config(given.get("hidden_size", LADDER["cpu"][1])), batch, device,
+                                         measure)
+    if kind == "cpu" and precision == "bf16" and "batch_size" not in given:
+        batch = BF16_CPU_BATCH
     # A short corpus shortens the streams: keep at least ~20 steps per epoch.
     if "batch_size" not in given:
         while batch > 1 and train_chars // batch < seq * 20:
@@ -172,16 +209,12 @@ def plan_run(
 
         StreamBatcher(torch.zeros(train_chars).numpy(), batch, seq)  # raises the error that says what fits
 
-    def config(hidden: int) -> ModelConfig:
-        return ModelConfig(vocab_size=vocab_size, model=model_kind, num_layers=layers, hidden_size=hidden,
-                           embed_size=embed)
-
     if "hidden_size" in given:
         hidden = given["hidden_size"]
         if budget:
             t0 = time.perf_counter()
             plan.probe[hidden] = measure(config(hidden), batch, seq, device, precision)
-            plan.probe_seconds = time.perf_counter() - t0
+            plan.probe_seconds += time.perf_counter() - t0
     elif budget:
         hidden = _probe_size(plan, config, batch, seq, device, precision, budget, train_chars, measure)
     else:
@@ -233,30 +266,53 @@ def _probe_size(plan: Plan, config: Callable[[int], ModelConfig], batch: int, se
         rate = measure(config(hidden), batch, seq, device, precision)
         plan.probe[hidden] = rate
         t_first = t_first or time.perf_counter()
-        fits = rate * budget >= CHARS_PER_PARAM * params
-        if kind == "gpu":
+        seen = rate * budget
+        fits = seen >= CHARS_PER_PARAM * params
+        if kind == "gpu":  # the passes rule is calibrated on CPUs only; a GPU sees the text dozens of times
             chosen = hidden
             if fits or time.perf_counter() - t_first > PROBE_SHARE * budget:
                 break
             continue
+        fits = fits or (seen >= EPOCHS_ENOUGH * train_chars and seen >= MIN_CHARS_PER_PARAM * params)
         if not fits and hidden != allowed[0][0]:
             break  # this size would see too little text in the budget
         chosen = hidden
         # The next rung has about twice the parameters at about half the speed: skip
         # probing it when that cannot pass, or when the probe has used its share.
-        if rate * budget < 4 * CHARS_PER_PARAM * params or time.perf_counter() - t_first > PROBE_SHARE * budget:
+        next_fits = seen >= 4 * CHARS_PER_PARAM * params or (
+            seen >= 2 * EPOCHS_ENOUGH * train_chars and seen >= 4 * MIN_CHARS_PER_PARAM * params)
+        if not next_fits or time.perf_counter() - t_first > PROBE_SHARE * budget:
             break
-    plan.probe_seconds = time.perf_counter() - t0
+    plan.probe_seconds += time.perf_counter() - t0
+    return chosen
+
+
+def _probe_cpu_precision(plan: Plan, cfg: ModelConfig, batch: int, device: torch.device,
+                         measure: Callable[..., float]) -> str:
+    """bf16 or fp32 for a CPU with bf16 instructions: whichever trains `cfg` faster, with
+    bf16 needing a clear margin (its gain depends on the CPU's matrix units)."""
+    t0 = time.perf_counter()
+    rates = {p: measure(cfg, batch, MIN_SEQ, device, p) for p in ("fp32", "bf16")}
+    plan.probe_seconds += time.perf_counter() - t0
+    gain = rates["bf16"] / max(rates["fp32"], 1e-9)
+    chosen = "bf16" if gain >= BF16_MIN_GAIN else "fp32"
+    if chosen == "bf16":
+        plan.bf16_gain = gain
+    plan.notes.append(f"bf16 autocast {'chosen' if chosen == 'bf16' else 'not used'}: "
+                      f"{gain:.2f}x the fp32 training speed on this CPU ({cfg.hidden_size} units, "
+                      f"{rates['fp32']:,.0f} vs {rates['bf16']:,.0f} chars/s)")
     return chosen
 
 
 def _dropout_for(epochs: float, params_per_char: float) -> float:
     """Dropout against over-fitting, which needs both many passes over the text and a
-    model large for it: none while under-fitted (few passes), then rising with the
-    passes up to a ceiling set by the parameters per training character (about 0.25
-    at one parameter per character, 0.5 from three)."""
-    ceiling = min(max(0.25 + 0.15 * math.log2(max(params_per_char, 1e-9)), 0.0), 0.5)
-    return ceiling * min(max((epochs - 5.0) / 15.0, 0.0), 1.0)
+    model large for it. Their product (the exposure) sets it: none up to
+    `DROPOUT_FREE_EXPOSURE`, then rising with its logarithm to 0.5 at `DROPOUT_FULL_EXPOSURE`."""
+    exposure = epochs * params_per_char
+    if exposure <= DROPOUT_FREE_EXPOSURE:
+        return 0.0
+    rise = math.log(exposure / DROPOUT_FREE_EXPOSURE) / math.log(DROPOUT_FULL_EXPOSURE / DROPOUT_FREE_EXPOSURE)
+    return 0.5 * min(rise, 1.0)
 
 
 def _precision_for(device: torch.device) -> str:
@@ -268,7 +324,8 @@ def _precision_for(device: torch.device) -> str:
 
 def _plan_validation(plan: Plan, train: dict[str, Any], budget: float, val_chars: int) -> None:
     """Validation cadence and length so validating stays a few percent of the budget."""
-    eval_rate = 3.0 * plan.chars_per_s  # a forward pass costs about a third of a training step
+    # A forward pass costs about a third of a training step; validation runs in fp32.
+    eval_rate = 3.0 * plan.chars_per_s / plan.bf16_gain
     scored = val_chars
     longest = int(EVAL_MAX_SHARE_EACH * budget * eval_rate)
     if val_chars > longest:

@@ -85,6 +85,9 @@ class TrainConfig:
     keep_last: int = 0  # periodic step-N.pt checkpoints kept besides last.pt and best.pt
     val_frac: float = 0.1  # last fraction of the corpus used for validation
     val_chars: int = 2_000_000  # characters of the val split scored per evaluation; 0 = all
+    # Streams the val split is cut into. Each starts from a zero state and pays for it: a 2x768
+    # scored 1.4459 nats/char as one stream, 1.4484 as 32, 1.4506 as 64 (tiny-shakespeare).
+    val_streams: int = 32
     seed: int = 1337  # seeds weights, dropout and the stream layout
     device: str = "auto"  # auto | cpu | cuda | mps
 
@@ -107,6 +110,7 @@ class TrainConfig:
         _check(self.keep_last >= 0, "--keep-last must be 0 (none) or positive.")
         _check(0.0 < self.val_frac < 1.0, "--val-frac must be in (0, 1).")
         _check(self.val_chars >= 0, "--val-chars must be 0 (all) or positive.")
+        _check(self.val_streams >= 1, "--val-streams must be at least 1.")
         _check(self.device in DEVICES, f"unknown device '{self.device}': choose {', '.join(DEVICES)}.")
 
 

@@ -131,8 +131,9 @@ class CharRNN(nn.Module):
         return self.head(self.drop(out)), state
 
 
-def detach_state(state: State) -> State:
-    return tuple(s.detach() for s in state)
+def detach_state(state: State, dtype: torch.dtype | None = None) -> State:
+    """The state cut from the graph (truncated BPTT), optionally cast to `dtype`."""
+    return tuple(s.detach().to(dtype) if dtype is not None else s.detach() for s in state)
 
 
 def count_parameters(model: nn.Module) -> int:

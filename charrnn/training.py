@@ -28,6 +28,7 @@ from charrnn.model import CharRNN, State, detach_state
 from charrnn.runs import RunLock, RunPaths
 
 BAD_STEPS_BEFORE_ROLLBACK = 3  # consecutive non-finite steps before rolling back
+VAL_CHUNK = 256  # characters per validation forward (state carried across: only speed depends on it)
 
 Event = dict[str, Any]
 
@@ -109,12 +110,22 @@ def _set_rng_state(rng: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(rng["cuda"], device)
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """True where bf16 autocast has native kernels: CUDA, or a CPU whose oneDNN has a bf16
+    path (AVX-512 BF16 or AMX). Elsewhere torch emulates it, slower than fp32."""
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
 def check_precision(precision: str, device: torch.device) -> bool:
     """True when training autocasts to bf16; raises CharRNNError where it cannot."""
-    if precision == "bf16" and device.type != "cuda":
+    if precision == "bf16" and not bf16_supported(device):
         raise CharRNNError(
-            f"--precision bf16 needs a CUDA device (torch's {device.type} RNN kernels have no bf16 "
-            "path on this machine): use --precision fp32 here."
+            f"--precision bf16 needs a CUDA device or a CPU with bf16 instructions (AVX-512 BF16 or AMX); "
+            f"this {device.type} has none: use --precision fp32 here."
         )
     return precision == "bf16"
 
@@ -307,7 +318,7 @@ class Trainer:
 
     def _validate(self) -> float:
         # Rank 0 scores the whole model; every rank gets the result, so best/stop decisions agree.
-        val = self.dist.from_main(evaluate, self.model, self.val_tokens, self.cfg.batch_size, self.cfg.seq_len,
+        val = self.dist.from_main(evaluate, self.model, self.val_tokens, self.cfg.val_streams, VAL_CHUNK,
                                   self.device)
         improved = val < self.best_val
         self.last_val = val
@@ -395,7 +406,7 @@ class Trainer:
             else:
                 bad_in_row = 0
                 self.optimizer.step()
-                self.state = detach_state(new_state)
+                self.state = detach_state(new_state, torch.float32)  # autocast returns bf16 states
                 window_loss += loss.detach()
                 window_steps += 1
             self.step += 1

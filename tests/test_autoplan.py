@@ -35,6 +35,12 @@ def flops_device(macs_per_s: float):
     return measure
 
 
+@pytest.fixture(autouse=True)
+def cpu_without_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plans do not depend on the test machine's CPU: no bf16 unless a test says so."""
+    monkeypatch.setattr("charrnn.autoplan.bf16_supported", lambda device: False)
+
+
 def test_count_lstm_params_matches_the_model() -> None:
     cfg = ModelConfig(vocab_size=65, num_layers=2, hidden_size=48, embed_size=16)
     assert count_lstm_params(65, 2, 48, 16) == sum(p.numel() for p in CharRNN(cfg).parameters())
@@ -47,10 +53,29 @@ def test_a_longer_budget_or_a_faster_device_gets_a_larger_model() -> None:
     fast = plan_run({}, budget=100, measure=flops_device(2000e9), **args)
     sizes = [p.model["hidden_size"] for p in (short, long, fast)]
     assert sizes[0] < sizes[1] and sizes[0] < sizes[2]
-    for plan, budget in ((short, 100), (long, 600), (fast, 100)):  # each sees enough text in its budget
-        assert plan.chars_per_s * budget >= count_lstm_params(65, 2, plan.model["hidden_size"], 64)
+    for plan, budget in ((short, 100), (long, 600), (fast, 100)):  # each sees enough text in its budget:
+        seen = plan.chars_per_s * budget  # a character per parameter, or four passes over the text
+        assert seen >= count_lstm_params(65, 2, plan.model["hidden_size"], 64) or seen >= 4 * 1_000_000
     assert short.model["dropout"] == 0.0  # a few epochs: under-fitted, no dropout
     assert "val_chars" not in long.train  # tiny-shakespeare's val split is scored whole
+
+
+def test_enough_passes_over_a_small_corpus_buy_a_larger_model_on_a_cpu() -> None:
+    # 2x512 would see the 1M-character text 12 times, 2x768 about 5 times: the larger wins,
+    # though it sees fewer characters than it has parameters.
+    plan = plan_run({}, 65, 1_000_000, 111_000, CPU, budget=600, measure=flops_device(4e11))
+    assert plan.model["hidden_size"] == 768
+    assert 4 * 1_000_000 <= plan.chars_per_s * 600 < count_lstm_params(65, 2, 768, 64)
+    assert 1024 not in plan.probe  # 2x1024 could not see the text four times: not probed
+
+
+def test_passes_do_not_buy_a_model_that_would_see_under_half_a_character_per_parameter() -> None:
+    # Probe speeds as measured on the AMX Xeon: 2x1024 looked good for 4.8 passes, but that is
+    # 0.37 characters per parameter, and it trained at half the probed speed.
+    rates = {128: 120e3, 256: 65e3, 384: 34e3, 512: 25e3, 768: 14e3, 1024: 8e3}
+    plan = plan_run({}, 65, 1_000_000, 111_000, CPU, budget=600,
+                    measure=lambda cfg, *args: rates[cfg.hidden_size])
+    assert plan.model["hidden_size"] == 768 and 1024 not in plan.probe
 
 
 def test_a_tiny_corpus_gets_a_capped_model_and_strong_regularisation() -> None:
@@ -159,13 +184,45 @@ def load_best_step(run: RunPaths) -> int:
     return int(load_checkpoint(run.best).progress["step"])
 
 
-def test_bf16_autocast_runs_on_cuda_and_is_refused_on_cpu(tmp_path: Path) -> None:
-    if torch.cuda.is_available():
-        result = _trainer(tmp_path, max_steps=6, precision="bf16", device="cuda").run()
+@pytest.mark.parametrize("gain, expected, batch", [(2.0, "bf16", 64), (1.05, "fp32", 32)])
+def test_cpu_bf16_is_planned_only_where_the_probe_finds_it_faster(monkeypatch: pytest.MonkeyPatch, gain: float,
+                                                                   expected: str, batch: int) -> None:
+    monkeypatch.setattr("charrnn.autoplan.bf16_supported", lambda device: True)
+    fp32 = flops_device(100e9)
+    seen: list[str] = []
+
+    def measure(cfg: ModelConfig, batch_size: int, seq_len: int, device: torch.device, precision: str) -> float:
+        seen.append(precision)
+        return fp32(cfg, batch_size, seq_len, device, precision) * (gain if precision == "bf16" else 1.0)
+
+    plan = plan_run({}, 65, 1_000_000, 111_000, CPU, budget=600, measure=measure)
+    assert plan.train["precision"] == expected and plan.train["batch_size"] == batch
+    assert seen[:2] == ["fp32", "bf16"] and set(seen[2:]) == {expected}  # the ladder runs in the chosen one
+    assert any(note.startswith(f"bf16 autocast {'chosen' if expected == 'bf16' else 'not used'}") for note in plan.notes)
+    given = plan_run({"precision": "fp32"}, 65, 1_000_000, 111_000, CPU, budget=600, measure=measure)
+    assert "precision" not in given.train and given.train["batch_size"] == 32  # a given precision is not probed
+
+
+def test_bf16_autocast_trains_where_supported_and_is_refused_elsewhere(tmp_path: Path) -> None:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if training.bf16_supported(torch.device(device)):
+        trainer = _trainer(tmp_path, max_steps=6, precision="bf16", device=device)
+        result = trainer.run()
         assert result.step == 6 and result.best_val < 10
+        assert all(h.dtype == torch.float32 for h in trainer.state)  # carried state stays fp32
     else:
-        with pytest.raises(CharRNNError, match="needs a CUDA device"):
-            _trainer(tmp_path, max_steps=6, precision="bf16", device="cpu")
+        with pytest.raises(CharRNNError, match="needs a CUDA device or a CPU with bf16"):
+            _trainer(tmp_path, max_steps=6, precision="bf16", device=device)
+
+
+def test_validation_cuts_the_val_split_into_val_streams(tmp_path: Path, monkeypatch) -> None:
+    streams: list[int] = []
+    real = training.evaluate
+    monkeypatch.setattr(training, "evaluate", lambda model, tokens, b, *a: streams.append(b) or real(model, tokens, b, *a))
+    _trainer(tmp_path, max_steps=4, val_streams=3).run()
+    assert streams and set(streams) == {3}  # not the training batch (4)
+    with pytest.raises(CharRNNError, match="--val-streams"):
+        TrainConfig(val_streams=0)
 
 
 def test_budget_counts_time_already_spent(tmp_path: Path) -> None:
