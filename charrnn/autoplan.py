@@ -12,6 +12,8 @@ settings a user did not give on the command line:
   at least `MIN_CHARS_PER_PARAM` characters per parameter),
   capped at `PARAMS_PER_TRAIN_CHAR` parameters per character of the train split
   so that a tiny corpus does not get a huge model;
+- BPTT length: the longest of 32, 64, 128 ... that leaves about `MIN_STEPS`
+  optimizer steps in the budget;
 - dropout and weight drop: from the number of passes over the data the budget
   allows (none while the model is under-fitted, up to 0.5 when it sees the text
   dozens of times), with early stopping as a guard;
@@ -54,11 +56,13 @@ SHAPE = {"cpu": (32, 128), "gpu": (128, 256)}  # (batch_size, longest seq_len)
 # B=32 and 21.6k at B=64 (T=32), so bf16 on a CPU plans twice the batch.
 BF16_MIN_GAIN = 1.2
 BF16_CPU_BATCH = 64
-# Truncated-BPTT length: short enough for about this many optimizer steps in the budget, at
-# least MIN_SEQ. Updates count more than context early on: on the 2-core CPU, 2x256 in 100 s
-# reached 2.004 nats/char with T=100, 1.630 with T=50 and 1.611 with T=32 (lr 3-6e-3); 2x384
-# in 10 minutes 1.507 with T=64 and 1.490 with T=32.
-TARGET_STEPS = 5000
+# Truncated-BPTT length: the longest of MIN_SEQ, 2 x MIN_SEQ, 4 x MIN_SEQ ... (up to the
+# shape's longest) that still leaves the budget about MIN_STEPS optimizer steps. Both the
+# context a gradient sees and the number of updates count: on a 2-core Xeon with AMX (bf16),
+# 2x768, B=64 in 10 minutes reached 1.4435 nats/char with T=32 (2,103 steps), 1.4192 with
+# T=64 (962) and 1.5181 with T=128 (631). At 800 that rung takes T=64 for a probe anywhere
+# in 5.9-11.8k chars/s (it measured 7.3-10.7k for 2x768 across this session's runs).
+MIN_STEPS = 800
 MIN_SEQ = 32
 # Peak learning rate at a reference size (hidden, batch); it scales as 1/sqrt(hidden) and
 # batch^(1/4). CPU: 2x256, B=32 in 100 s reached 1.733 at 3e-3, 1.630 at 5e-3, 1.677 at 8e-3.
@@ -71,11 +75,12 @@ EMBED = {"cpu": 64, "gpu": 0}  # 0 = hidden size
 CHARS_PER_PARAM = 1.0  # training characters per parameter the budget must allow ...
 # ... or, for a small corpus on a fast machine, this many passes over the train split: past
 # them a larger model beats more passes of a smaller one. On a 2-core Xeon with AMX (bf16) in
-# 10 minutes, 2x512 (9 passes expected, dropout 0.14) over-fitted to 1.511 nats/char, while
-# 2x768 (5 passes, 0.82 characters per parameter) reached 1.451. Not below half a character
-# per parameter, though: the probe's few steps flatter large models there (2x1024 probed at
-# 7.6-8.4k chars/s, about 4.5 passes, then trained at 3.5-4.3k and ended at 1.98 and 2.13).
-EPOCHS_ENOUGH = 4.0
+# 10 minutes, 2x768 at 3.9 passes (0.54 characters per parameter, T=64) reached 1.4192
+# nats/char, while 2x512 at 9 passes reached 1.4655 (T=128) and, before the forget-gate bias
+# change, 1.511 (T=32, over-fitted). Not below half a character per parameter, though: the
+# probe's few steps flatter large models there (2x1024 probed at 7.6-8.4k chars/s, about 4.5
+# passes, then trained at 3.5-4.3k and ended at 1.98 and 2.13).
+EPOCHS_ENOUGH = 3.0
 MIN_CHARS_PER_PARAM = 0.5
 PARAMS_PER_TRAIN_CHAR = 20.0  # largest model per character of the train split
 FALLBACK_HIDDEN = 512  # size when the budget is not a time (epochs or steps)
@@ -83,11 +88,11 @@ EVAL_SHARE = 0.06  # share of the budget spent validating, at most
 EVAL_MAX_SHARE_EACH = 0.05  # one validation at most this share; longer val splits are cut
 PROBE_SHARE = 0.05  # the probe stops once it has used this share of the budget
 # Dropout by exposure = expected passes x parameters per training character, calibrated on
-# tiny-shakespeare: 2-core CPU 10 minutes, 2x384 at 4.3 passes (exposure 8): dropout 0.1 cost
-# 0.034 nats/char against none; 2x768 at 5 passes (exposure 36): 0.1 beat none by 0.011 and
-# 0.2 by 0.029 (AMX bf16 Xeon); H200 2x512 at 22 passes (92): 0.25 reached 1.441; H100 2x1024
-# at 43 passes (590): 0.5 reached 1.402-1.415.
-DROPOUT_FREE_EXPOSURE = 16.0
+# tiny-shakespeare: 2-core Xeon with AMX, 10 minutes, 2x768 T=64 at about 5 passes (exposure
+# 37): dropout 0.2 reached 1.4162 nats/char, 0.106 1.4356 (after the forget-gate bias change;
+# before it 0.1 had beaten 0.2 there); H200 2x512 at 22 passes (92): 0.25 reached 1.441; H100
+# 2x1024 at 43 passes (590): 0.5 reached 1.402-1.415. Up to 6 (2x384 at 100 s: about 4) none.
+DROPOUT_FREE_EXPOSURE = 6.0
 DROPOUT_FULL_EXPOSURE = 550.0
 PATIENCE = 3  # validations without a new best before stopping early
 # Recurrent weight drop is available (--weight-drop) but not planned: at 60 s on an H100 it
@@ -226,8 +231,10 @@ def plan_run(
     params = count_params(config(hidden))
     dropout = _dropout_for(plan.expected_epochs, params / max(train_chars, 1))
     if "seq_len" not in given and budget and plan.chars_per_s:
-        steps_seq = plan.chars_per_s * budget / (batch * TARGET_STEPS)
-        seq = int(min(max(MIN_SEQ, 16 * round(steps_seq / 16)), seq))
+        longest, seq = seq, MIN_SEQ
+        while 2 * seq <= longest and seen / (batch * 2 * seq) >= MIN_STEPS:
+            seq *= 2
+        seq = min(seq, longest)
     base_lr, base_hidden, base_batch = LR[kind]
     lr = base_lr * math.sqrt(base_hidden / hidden) * (batch / base_batch) ** 0.25
     weight_drop = WEIGHT_DROP if model_kind in ("lstm", "gru", "rnn") else 0.0

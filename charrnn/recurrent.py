@@ -208,9 +208,7 @@ class PeepholeLayer(nn.Module):
         self.weight_hh = nn.Parameter(torch.empty(4 * h, h))
         self.bias = nn.Parameter(torch.empty(4 * h))
         self.peephole = nn.Parameter(torch.empty(3, h))  # rows: i and f see c(t-1), o sees c(t)
-        _uniform_(list(self.parameters()), h)
-        with torch.no_grad():
-            self.bias[h : 2 * h].fill_(1.0)  # forget-gate bias 1, as the fused LSTM
+        _uniform_(list(self.parameters()), h)  # forget-gate bias included, as the fused LSTM
 
 
 class PeepholeLSTMStack(nn.Module):
@@ -287,10 +285,7 @@ class GatedFeedbackStack(nn.Module):
         )
         if self.kind == _GRU:
             self.bias_hn = nn.Parameter(torch.empty(L, H))
-        _uniform_(list(self.parameters()), H)
-        if self.kind == _LSTM:
-            with torch.no_grad():
-                self.bias_in[:, H : 2 * H].fill_(1.0)  # forget-gate bias 1
+        _uniform_(list(self.parameters()), H)  # forget-gate bias included, as the fused LSTM
         self.dropout = cfg.dropout
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:

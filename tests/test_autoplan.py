@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import charrnn.training as training
-from charrnn.autoplan import count_lstm_params, plan_run
+from charrnn.autoplan import EVAL_SHARE, MIN_SEQ, MIN_STEPS, count_lstm_params, plan_run
 from charrnn.cli import app
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.corpus import prepare
@@ -67,6 +67,19 @@ def test_enough_passes_over_a_small_corpus_buy_a_larger_model_on_a_cpu() -> None
     assert plan.model["hidden_size"] == 768
     assert 4 * 1_000_000 <= plan.chars_per_s * 600 < count_lstm_params(65, 2, 768, 64)
     assert 1024 not in plan.probe  # 2x1024 could not see the text four times: not probed
+
+
+def test_bptt_length_doubles_with_the_budget_while_enough_updates_remain() -> None:
+    args = dict(vocab_size=65, train_chars=1_000_000, val_chars=111_000, device=CPU)
+    chosen = []
+    for budget in (100, 600, 3600, 36000):
+        plan = plan_run({"hidden_size": 512}, budget=budget, measure=flops_device(100e9), **args)
+        seq, batch = plan.train["seq_len"], plan.train["batch_size"]
+        steps = plan.chars_per_s * budget * (1 - EVAL_SHARE) / (batch * seq)
+        assert seq == MIN_SEQ or steps >= MIN_STEPS  # longer context only with updates to spare
+        assert seq == 128 or steps / 2 < MIN_STEPS  # and the longest that keeps them
+        chosen.append(seq)
+    assert chosen == [32, 64, 128, 128]  # 128: the CPU shape's longest
 
 
 def test_passes_do_not_buy_a_model_that_would_see_under_half_a_character_per_parameter() -> None:
@@ -235,5 +248,19 @@ def test_budget_counts_time_already_spent(tmp_path: Path) -> None:
                       RunPaths(tmp_path / "runs" / "r"), info, spent=2.5)
     result = trainer.run()
     assert result.reason == "time" and result.elapsed < 3.5
+
+
+def test_time_spent_before_training_does_not_eat_the_warm_up(tmp_path: Path) -> None:
+    path = tmp_path / "c.txt"
+    path.write_text(make_text(6000), encoding="utf-8")
+    data = prepare(path, tmp_path / "data")
+    mcfg = ModelConfig(vocab_size=len(data.vocab), num_layers=1, hidden_size=16)
+    info = {"path": str(path), "sha256": data.sha256, "encoding": "utf-8", "chars": len(data.tokens)}
+    cfg = TrainConfig(batch_size=4, seq_len=16, time_budget=4.0, lr=1e-2, warmup=0.25, log_every=1)
+    run = RunPaths(tmp_path / "runs" / "r")
+    Trainer(mcfg, cfg, data, run, info, spent=2.0).run()  # half the budget gone before step 1
+    lrs = [e["lr"] for e in read_metrics(run) if e["event"] == "train"]
+    assert lrs[0] < 0.1 * cfg.lr  # the warm-up starts from the bottom all the same
+    assert max(lrs) > 0.9 * cfg.lr and lrs[-1] < 0.2 * cfg.lr  # and the cosine still ends in time
     with pytest.raises(CharRNNError):
         ModelConfig(vocab_size=5, model="gf-gru", weight_drop=0.1)

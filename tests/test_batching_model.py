@@ -49,8 +49,11 @@ def test_shapes_and_chunked_forward_equals_full(kind: str) -> None:
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 
-def test_lstm_forget_bias_starts_at_one() -> None:
-    model = CharRNN(ModelConfig(vocab_size=5, hidden_size=4, num_layers=2))
+def test_lstm_biases_keep_torchs_uniform_init() -> None:
+    # No forget-gate bias of 1: it trained worse in the short runs charrnn plans.
+    h = 64
+    model = CharRNN(ModelConfig(vocab_size=5, hidden_size=h, num_layers=2))
     for layer in model.stack.layers:
-        total = layer.bias_ih_l0 + layer.bias_hh_l0
-        assert torch.all(total[4:8] == 1.0)
+        for bias in (layer.bias_ih_l0, layer.bias_hh_l0):
+            assert bias.abs().max() <= h ** -0.5
+            assert bias[h : 2 * h].std() > 0.3 * h ** -0.5  # random, not a constant
