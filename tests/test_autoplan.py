@@ -238,12 +238,18 @@ def test_validation_cuts_the_val_split_into_val_streams(tmp_path: Path, monkeypa
         TrainConfig(val_streams=0)
 
 
-def test_budget_counts_time_already_spent(tmp_path: Path) -> None:
+def _small_run_inputs(tmp_path: Path):
+    """Prepared data, a 1x16 model config and the corpus info for a Trainer."""
     path = tmp_path / "c.txt"
     path.write_text(make_text(6000), encoding="utf-8")
     data = prepare(path, tmp_path / "data")
     mcfg = ModelConfig(vocab_size=len(data.vocab), num_layers=1, hidden_size=16)
     info = {"path": str(path), "sha256": data.sha256, "encoding": "utf-8", "chars": len(data.tokens)}
+    return data, mcfg, info
+
+
+def test_budget_counts_time_already_spent(tmp_path: Path) -> None:
+    data, mcfg, info = _small_run_inputs(tmp_path)
     trainer = Trainer(mcfg, TrainConfig(batch_size=4, seq_len=16, time_budget=3.0), data,
                       RunPaths(tmp_path / "runs" / "r"), info, spent=2.5)
     result = trainer.run()
@@ -251,11 +257,7 @@ def test_budget_counts_time_already_spent(tmp_path: Path) -> None:
 
 
 def test_time_spent_before_training_does_not_eat_the_warm_up(tmp_path: Path) -> None:
-    path = tmp_path / "c.txt"
-    path.write_text(make_text(6000), encoding="utf-8")
-    data = prepare(path, tmp_path / "data")
-    mcfg = ModelConfig(vocab_size=len(data.vocab), num_layers=1, hidden_size=16)
-    info = {"path": str(path), "sha256": data.sha256, "encoding": "utf-8", "chars": len(data.tokens)}
+    data, mcfg, info = _small_run_inputs(tmp_path)
     cfg = TrainConfig(batch_size=4, seq_len=16, time_budget=4.0, lr=1e-2, warmup=0.25, log_every=1)
     run = RunPaths(tmp_path / "runs" / "r")
     Trainer(mcfg, cfg, data, run, info, spent=2.0).run()  # half the budget gone before step 1
