@@ -61,7 +61,7 @@ BF16_CPU_BATCH = 64
 # context a gradient sees and the number of updates count: on a 2-core Xeon with AMX (bf16),
 # 2x768, B=64 in 10 minutes reached 1.4435 nats/char with T=32 (2,103 steps), 1.4192 with
 # T=64 (962) and 1.5181 with T=128 (631). At 800 that rung takes T=64 for a probe anywhere
-# in 5.9-11.8k chars/s (it measured 7.3-10.7k for 2x768 across this session's runs).
+# in 5.9-11.8k chars/s (its probes of 2x768 on 2026-12-01 ranged 5.6-14.5k).
 MIN_STEPS = 800
 MIN_SEQ = 32
 # Peak learning rate at a reference size (hidden, batch); it scales as 1/sqrt(hidden) and

@@ -69,6 +69,7 @@ class FusedStack(nn.Module):
         # Biases keep torch's init, U(-1/sqrt(H), 1/sqrt(H)). A forget-gate bias of 1 (Gers et
         # al. 2000) made 2x256 0.05 nats/char worse after 300 steps on tiny-shakespeare
         # (benchmarks/plain_lstm.py), and runs planned for a time budget are that short.
+
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         new: list[list[Tensor]] = [[] for _ in state]
         for i, layer in enumerate(self.layers):
