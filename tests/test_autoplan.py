@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import charrnn.training as training
-from charrnn.autoplan import EVAL_SHARE, MIN_SEQ, MIN_STEPS, count_lstm_params, plan_run
+from charrnn.autoplan import EVAL_SHARE, MIN_SEQ, MIN_STEPS, SHAPE, count_lstm_params, plan_run
 from charrnn.cli import app
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.corpus import prepare
@@ -77,9 +77,9 @@ def test_bptt_length_doubles_with_the_budget_while_enough_updates_remain() -> No
         seq, batch = plan.train["seq_len"], plan.train["batch_size"]
         steps = plan.chars_per_s * budget * (1 - EVAL_SHARE) / (batch * seq)
         assert seq == MIN_SEQ or steps >= MIN_STEPS  # longer context only with updates to spare
-        assert seq == 128 or steps / 2 < MIN_STEPS  # and the longest that keeps them
+        assert seq == SHAPE["cpu"][1] or steps / 2 < MIN_STEPS  # and the longest that keeps them
         chosen.append(seq)
-    assert chosen == [32, 64, 128, 128]  # 128: the CPU shape's longest
+    assert chosen == [32, 64, 64, 64]  # 64: the CPU shape's longest
 
 
 def test_passes_do_not_buy_a_model_that_would_see_under_half_a_character_per_parameter() -> None:
