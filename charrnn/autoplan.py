@@ -62,9 +62,10 @@ BF16_CPU_BATCH = 64
 # shape's longest) that still leaves the budget about MIN_STEPS optimizer steps. Both the
 # context a gradient sees and the number of updates count: on a 2-core Xeon with AMX (bf16),
 # 2x768, B=64 in 10 minutes reached 1.4435 nats/char with T=32 (2,103 steps), 1.4192 with
-# T=64 (962) and 1.5181 with T=128 (631). At 800 that rung takes T=64 for a probe of 5.9k
-# chars/s or more (its probes of 2x768 on 2026-12-01 ranged 5.6-14.9k).
-MIN_STEPS = 800
+# T=64 (962) and 1.5181 with T=128 (631); in 100 s, 2x384 reached 1.501 with T=32 (about
+# 1,700 steps) and 1.557 with T=64 (840). At 900, 2x768 takes T=64 in 10 minutes for a
+# probe of 6.6k chars/s or more (its probes on 2026-12-01 ranged 5.6-14.9k).
+MIN_STEPS = 900
 MIN_SEQ = 32
 # Peak learning rate at a reference size (hidden, batch); it scales as 1/sqrt(hidden) and
 # batch^(1/4). CPU: 2x256, B=32 in 100 s reached 1.733 at 3e-3, 1.630 at 5e-3, 1.677 at 8e-3.
