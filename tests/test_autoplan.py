@@ -82,6 +82,19 @@ def test_bptt_length_doubles_with_the_budget_while_enough_updates_remain() -> No
     assert chosen == [32, 64, 64, 64]  # 64: the CPU shape's longest
 
 
+def test_the_bptt_lengths_measured_best_on_the_amx_xeon_are_planned() -> None:
+    # Probe speeds (bf16, B=64) as measured there on 2026-12-01: at 100 s 2x384 would get about
+    # 840 steps of T=64, which reached 1.557 against 1.473 with T=32; at 10 minutes 2x768 gets
+    # about 1,700 steps of T=64 (1.410-1.417) and T=128 had reached 1.450.
+    rates = {128: 130e3, 256: 63e3, 384: 36.6e3, 512: 22.6e3, 768: 12.3e3, 1024: 6.5e3}
+    chosen = {}
+    for budget in (100, 600):
+        plan = plan_run({"precision": "bf16"}, 65, 1_003_854, 111_540, CPU, budget=budget,
+                        measure=lambda cfg, *args: rates[cfg.hidden_size])
+        chosen[budget] = (plan.model["hidden_size"], plan.train["batch_size"], plan.train["seq_len"])
+    assert chosen == {100: (384, 64, 32), 600: (768, 64, 64)}
+
+
 def test_passes_do_not_buy_a_model_that_would_see_under_half_a_character_per_parameter() -> None:
     # Probe speeds as measured on the AMX Xeon: 2x1024 looked good for 4.8 passes, but that is
     # 0.37 characters per parameter, and it trained at half the probed speed.
