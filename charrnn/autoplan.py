@@ -62,8 +62,8 @@ BF16_CPU_BATCH = 64
 # shape's longest) that still leaves the budget about MIN_STEPS optimizer steps. Both the
 # context a gradient sees and the number of updates count: on a 2-core Xeon with AMX (bf16),
 # 2x768, B=64 in 10 minutes reached 1.4435 nats/char with T=32 (2,103 steps), 1.4192 with
-# T=64 (962) and 1.5181 with T=128 (631); in 100 s, 2x384 reached 1.501 with T=32 (about
-# 1,700 steps) and 1.557 with T=64 (840). At 900, 2x768 takes T=64 in 10 minutes for a
+# T=64 (962) and 1.5181 with T=128 (631); in 100 s, 2x384 reached 1.473 with T=32 (1,475
+# steps) and 1.557 with T=64 (786; 840 planned). At 900, 2x768 takes T=64 in 10 minutes for a
 # probe of 6.6k chars/s or more (its probes on 2026-12-01 ranged 5.6-14.9k).
 MIN_STEPS = 900
 MIN_SEQ = 32
