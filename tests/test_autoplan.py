@@ -157,6 +157,8 @@ def test_bad_preset_and_weight_drop_on_a_custom_kind_are_one_line_errors(runner,
         result = runner.invoke(app, ["train", str(corpus), "--max-steps", "1", *TINY_TRAIN, *args])
         assert result.exit_code == 1, (args, result.output)
         assert result.output.count("error:") == 1 and words in result.output, result.output
+    with pytest.raises(CharRNNError):  # the config refuses it too, not only the CLI
+        ModelConfig(vocab_size=5, model="gf-gru", weight_drop=0.1)
 
 
 def test_locked_dropout_keeps_one_mask_for_the_whole_sequence() -> None:
@@ -277,5 +279,3 @@ def test_time_spent_before_training_does_not_eat_the_warm_up(tmp_path: Path) -> 
     lrs = [e["lr"] for e in read_metrics(run) if e["event"] == "train"]
     assert lrs[0] < 0.1 * cfg.lr  # the warm-up starts from the bottom all the same
     assert max(lrs) > 0.9 * cfg.lr and lrs[-1] < 0.2 * cfg.lr  # and the cosine still ends in time
-    with pytest.raises(CharRNNError):
-        ModelConfig(vocab_size=5, model="gf-gru", weight_drop=0.1)
