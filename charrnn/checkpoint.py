@@ -7,9 +7,7 @@ read only with `torch.load(weights_only=True)`, so loading never runs code.
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +17,11 @@ import torch
 
 from charrnn.config import FORMAT_VERSION, ModelConfig, TrainConfig, from_dict
 from charrnn.errors import CharRNNError
+from charrnn.files import atomic_write
 from charrnn.model import CharRNN
 from charrnn.vocab import Vocab
 
-__all__ = ["FORMAT_VERSION", "Checkpoint", "build_model", "load_checkpoint", "save_checkpoint"]
+__all__ = ["FORMAT_VERSION", "Checkpoint", "atomic_write", "build_model", "load_checkpoint", "save_checkpoint"]
 
 
 @dataclass
@@ -55,27 +54,6 @@ def save_checkpoint(ckpt: Checkpoint, path: Path) -> None:
         "corpus": dict(ckpt.corpus),
     }
     atomic_write(path, lambda f: torch.save(payload, f))
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call write(file) on a temp file beside `path`, fsync it, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _to_cpu(obj: Any) -> Any:
