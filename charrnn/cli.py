@@ -6,6 +6,7 @@ Every CharRNNError becomes `error: <message>` on stderr and exit status 1.
 
 # No `from __future__ import annotations` here: typer evaluates every string annotation
 # again on each start (about 35 ms of `charrnn --help` here).
+import contextlib
 import functools
 import json
 import math
@@ -61,6 +62,13 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except CharRNNError as exc:
             fail(str(exc))
+        except OSError as exc:  # a user's path refused: no space, read-only, not a folder...
+            from charrnn.files import os_error
+
+            fail(str(os_error(exc)))
+        except MemoryError:
+            fail("out of memory: use a smaller model (--hidden, --layers) or --batch-size, "
+                 "or close other programs.")
 
     return wrapper
 
@@ -150,16 +158,16 @@ def train(
         exec_torchrun(dcfg.nproc, sys.argv[1:], os.environ)  # does not return
     import dataclasses
 
-    from charrnn.checkpoint import load_checkpoint
     from charrnn.config import ModelConfig, TrainConfig, parse_duration
     from charrnn.corpus import prepare as prepare_corpus, resolve_corpus
-    from charrnn.runs import default_run_name, resolve_checkpoint, run_paths
+    from charrnn.runs import RunLock, default_run_name, new_run, resolve_checkpoint, run_paths
 
     given = {k: v for k, v in locals().items() if k in _MODEL_OPTIONS and v is not None}
     if encoding == "utf-8":
         given.pop("encoding", None)
     stops = {"epochs": epochs or 0.0, "max_steps": max_steps or 0,
              "time_budget": parse_duration(time_budget) if time_budget else 0.0}
+    TrainConfig(**stops)  # a bad stop (--epochs nan) fails before any work
     runtime: dict[str, Any] = {"device": device}
     if precision is not None:
         runtime["precision"] = precision
@@ -172,9 +180,6 @@ def train(
     check_precision(precision or "fp32", dist.pick_device(device))  # before any download, preparation or probe
     # Rank 0 downloads and encodes the corpus first; the other ranks then map its cache.
     resolve_corpus, prepare_corpus = dist.main_first(resolve_corpus), dist.main_first(prepare_corpus)
-    ckpt = None
-    notice = ""
-    planned: Any = None
     if resume is not None:
         if name is not None:
             raise CharRNNError("give either --resume RUN or --name NAME, not both.")
@@ -184,56 +189,86 @@ def train(
                 "(only stop criteria, --device and logging may change)."
             )
         path = resolve_checkpoint(resume, runs_dir, prefer="last")
-        ckpt = load_checkpoint(path)
         run = run_paths(path.parent.parent, path.parent.name)
-        source = corpus or ckpt.corpus.get("path")
-        if not source:
-            raise CharRNNError("the run does not record its corpus: pass the corpus file.")
-        enc = ckpt.corpus.get("encoding", "utf-8")
-        fixed = ckpt.vocab if ckpt.corpus.get("task") else None
-        data = prepare_corpus(resolve_corpus(source, data_dir, corpus_url), data_dir, enc, fixed)
-        if data.sha256 != ckpt.corpus.get("sha256"):
-            raise CharRNNError(
-                f"'{data.source}' is not the text run '{run.dir.name}' was trained on (content differs): "
-                "pass the original corpus."
-            )
-        mcfg = ckpt.model_config
-        new_stops = stops if any(stops.values()) else {}
-        tcfg = dataclasses.replace(ckpt.train_config, **new_stops, **runtime)
-    else:
-        if corpus is None:
-            raise CharRNNError("give a corpus to train on, e.g. `charrnn train shakespeare`, or --resume RUN.")
+        # The lock comes before the checkpoint is read: a second resume is refused while the
+        # first trains, and one that starts after it reads the newer checkpoint.
+        with RunLock(run) if dist.is_main else contextlib.nullcontext():
+            _resume_run(run, resolve_checkpoint(resume, runs_dir, prefer="last"), corpus, stops, runtime,
+                        data_dir, corpus_url, dist, quiet, prepare_corpus, resolve_corpus)
+        return
+    if corpus is None:
+        raise CharRNNError("give a corpus to train on, e.g. `charrnn train shakespeare`, or --resume RUN.")
+    run = run_paths(runs_dir, name if name is not None else dist.from_main(default_run_name, str(corpus).replace(":", "-")))
+    with new_run(run) if dist.is_main else contextlib.nullcontext():
         if corpus.startswith("task:"):
             data = _prepare_task(corpus, length_min, length_max, task_chars, given.get("seed", 1337), data_dir)
         else:
             data = prepare_corpus(resolve_corpus(corpus, data_dir, corpus_url), data_dir, encoding)
-        run = run_paths(runs_dir, name if name is not None else dist.from_main(default_run_name, str(corpus).replace(":", "-")))
-        if run.dir.exists() and any(run.dir.iterdir()):
-            raise CharRNNError(f"run '{run.dir}' already exists: pick another --name or continue it with --resume {run.dir.name}.")
+        _print_notes(data, quiet or not dist.is_main)
+        notice = ""
         if not any(stops.values()):
             stops["time_budget"] = 600.0
             notice = "no stop criterion given: training for 10m (set --epochs, --max-steps or --time-budget)."
+        planned: Any = None
         if auto and not corpus.startswith("task:"):
-            plan = _plan_defaults({**given, **runtime}, preset, data, stops, dist.pick_device(device))
-            given = {**given, **plan.model, **plan.train}
-            planned = plan
+            planned = _plan_defaults({**given, **runtime}, preset, data, stops, dist.pick_device(device))
+            given = {**given, **planned.model, **planned.train}
         elif preset is not None:
             raise CharRNNError("--preset needs the planner: drop --no-auto (or give the sizes as flags).")
         model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
         mcfg = ModelConfig(vocab_size=len(data.vocab), **{k: v for k, v in given.items() if k in model_fields})
         tcfg = TrainConfig(**{k: v for k, v in given.items() if k not in model_fields and k != "encoding"},
                            **stops, **runtime)
-    corpus_info = {"path": str(Path(data.source).resolve()), "sha256": data.sha256,
-                   "encoding": data.encoding, "chars": int(len(data.tokens))}
-    if str(corpus or "").startswith("task:") or (ckpt is not None and ckpt.corpus.get("task")):
-        corpus_info["task"] = corpus or ckpt.corpus["task"]
-    if planned is not None:
-        corpus_info["plan"] = planned.summary()
-        if not quiet and dist.is_main:
-            _print_plan(planned, mcfg, tcfg)
-    _run_training(mcfg, tcfg, data, run, corpus_info, ckpt, quiet or not dist.is_main, notice, dist,
-                  spent=_process_age() if ckpt is None else 0.0,
-                  eval_estimate=planned.eval_estimate if planned is not None else 0.0)
+        corpus_info = _corpus_info(data, corpus if corpus.startswith("task:") else None)
+        if planned is not None:
+            corpus_info["plan"] = planned.summary()
+            if not quiet and dist.is_main:
+                _print_plan(planned, mcfg, tcfg)
+        _run_training(mcfg, tcfg, data, run, corpus_info, None, quiet or not dist.is_main, notice, dist,
+                      spent=_process_age(), eval_estimate=planned.eval_estimate if planned is not None else 0.0)
+
+
+def _resume_run(run: Any, path: Path, corpus: Optional[str], stops: dict, runtime: dict, data_dir: Path,
+                corpus_url: Optional[str], dist: Any, quiet: bool, prepare_corpus: Callable,
+                resolve_corpus: Callable) -> None:
+    """Continue `run` from checkpoint `path`; the caller holds the run's lock."""
+    import dataclasses
+
+    from charrnn.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    source = corpus or ckpt.corpus.get("path")
+    if not source or not isinstance(source, str):
+        raise CharRNNError("the run does not record its corpus: pass the corpus file.")
+    enc = ckpt.corpus.get("encoding", "utf-8")
+    fixed = ckpt.vocab if ckpt.corpus.get("task") else None
+    data = prepare_corpus(resolve_corpus(source, data_dir, corpus_url), data_dir, enc if isinstance(enc, str) else "utf-8", fixed)
+    _print_notes(data, quiet or not dist.is_main)
+    if data.sha256 != ckpt.corpus.get("sha256"):
+        raise CharRNNError(
+            f"'{data.source}' is not the text run '{run.dir.name}' was trained on (content differs): "
+            "pass the original corpus."
+        )
+    new_stops = stops if any(stops.values()) else {}
+    tcfg = dataclasses.replace(ckpt.train_config, **new_stops, **runtime)
+    task = ckpt.corpus.get("task")
+    _run_training(ckpt.model_config, tcfg, data, run, _corpus_info(data, task if isinstance(task, str) else None),
+                  ckpt, quiet, "", dist)
+
+
+def _corpus_info(data: Any, task: Optional[str]) -> dict:
+    info = {"path": str(Path(data.source).resolve()), "sha256": data.sha256,
+            "encoding": data.encoding, "chars": int(len(data.tokens))}
+    if task:
+        info["task"] = task
+    return info
+
+
+def _print_notes(data: Any, quiet: bool) -> None:
+    """What preparing the corpus had to repair (a damaged cache rebuilt), one line each."""
+    if not quiet:
+        for note in getattr(data, "notes", ()):
+            err.print(note, highlight=False, markup=False, soft_wrap=True)
 
 
 def _process_age() -> float:
@@ -411,9 +446,9 @@ def sample(
     length: Annotated[int, typer.Option("--length", "-n", help="New characters per sample.")] = 500,
     prime: Annotated[Optional[str], typer.Option(help="Text to start from (printed first).")] = None,
     prime_file: Annotated[Optional[str], typer.Option(help="Read the prime from a file; '-' = standard input.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for repeatable samples.")] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0, max=2**63 - 1, help="Seed for repeatable samples.")] = None,
     num_samples: Annotated[int, typer.Option(help="Number of samples, separated by a blank line.")] = 1,
-    stop: Annotated[str, typer.Option(help="End a sample once it produces this string.")] = "",
+    stop: Annotated[str, typer.Option(help="End a sample once it produces this string; \\n, \\t, \\r and \\\\ are read as newline, tab, return and backslash (--stop '\\n\\n' ends at a blank line).")] = "",
     weights: Annotated[str, typer.Option(help="Weights for sampling: fp32 | bf16 | int8.")] = "fp32",
     engine: Annotated[str, typer.Option(help=(
         "auto | numpy | torch. numpy steps lstm/gru/rnn runs with fp32 or int8 weights on the CPU "
@@ -432,7 +467,7 @@ def sample(
     from charrnn.config import SampleConfig
 
     cfg = SampleConfig(temperature=temp, top_k=top_k, top_p=top_p, length=length,
-                       num_samples=num_samples, seed=seed, stop=stop)
+                       num_samples=num_samples, seed=seed, stop=unescape(stop))
     if prime is not None and prime_file is not None:
         raise CharRNNError("give --prime or --prime-file, not both.")
     from charrnn.corpus import read_text
@@ -450,7 +485,7 @@ def sample(
 
         if len(text) > MAX_PRIME:  # torch reads a long prime in one pass; numpy steps through it
             generate_one, _ = _torch_sampler(path, weights, device)
-    writer = _StreamWriter(vocab.byte_level)
+    writer = _StreamWriter(vocab)
     try:
         for i in range(cfg.num_samples):
             if i:
@@ -473,6 +508,7 @@ def _numpy_sampler(path: Path, engine: str, weights: str, device: str) -> tuple[
     from charrnn import npsample
 
     net, vocab = loaded
+    _warn_nonfinite(getattr(net, "nonfinite", None))
     return functools.partial(npsample.generate, net, vocab), vocab
 
 
@@ -519,15 +555,55 @@ def _torch_sampler(path: Path, weights: str, device: str) -> tuple[Callable, Any
 
     ckpt = load_checkpoint(path)
     model = build_model(ckpt).to(pick_device(device))
+    _warn_nonfinite(getattr(ckpt, "nonfinite", None))
     return functools.partial(generate, model, ckpt.vocab, stepper=make_stepper(model, weights)), ckpt.vocab
 
 
-class _StreamWriter:
-    """Writes generated text to stdout, flushing at line ends and at least every 50 ms."""
+def unescape(text: str) -> str:
+    """Read \\n, \\t, \\r and \\\\ in an option as newline, tab, return and backslash: a shell
+    passes `--stop "\\n\\n"` to charrnn as backslashes. Other characters stay as they are."""
+    import re
 
-    def __init__(self, byte_level: bool) -> None:
-        self.byte_level = byte_level
+    table = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+    return re.sub(r"\\([ntr\\])", lambda m: table[m.group(1)], text)
+
+
+def _encodable(ch: str, encoding: str) -> bool:
+    try:
+        ch.encode(encoding)
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _warn_nonfinite(names: Any) -> None:
+    """Say so when the weights being sampled hold NaN or infinity (the text will be junk)."""
+    if names:
+        err.print(f"warning: the checkpoint has non-finite weights ({', '.join(names[:3])}): the text will be "
+                  "meaningless; resume or sample from an earlier checkpoint.", highlight=False, markup=False,
+                  soft_wrap=True)
+
+
+class _StreamWriter:
+    """Writes generated text to stdout, flushing at line ends and at least every 50 ms.
+
+    Where stdout's encoding cannot write some of the model's characters (PYTHONIOENCODING=ascii,
+    an old Windows console), they are written as backslash escapes, with one warning."""
+
+    def __init__(self, vocab: Any) -> None:
+        self.byte_level = vocab.byte_level
         self.last = time.monotonic()
+        encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+        if not self.byte_level:
+            try:
+                unwritable = [c for c in vocab.chars if not _encodable(c, encoding)]
+            except LookupError:
+                unwritable = []
+            if unwritable and hasattr(sys.stdout, "reconfigure"):
+                sys.stdout.reconfigure(errors="backslashreplace")
+                err.print(f"warning: standard output ({encoding}) cannot write {len(unwritable)} of the model's "
+                          "characters; they are written as backslash escapes (set PYTHONIOENCODING=utf-8 to see "
+                          "them).", highlight=False, markup=False, soft_wrap=True)
 
     def write(self, text: str) -> None:
         if self.byte_level:
@@ -568,7 +644,7 @@ def evaluate_cmd(
     from charrnn.checkpoint import build_model, load_checkpoint
     from charrnn.corpus import read_text
     from charrnn.device import pick_device
-    from charrnn.runs import resolve_checkpoint
+    from charrnn.runs import resolve_checkpoint, to_json
     from charrnn.training import evaluate
 
     if batch_size < 1 or seq_len < 1:
@@ -607,7 +683,7 @@ def evaluate_cmd(
               "nats_per_char": nats, "bits_per_char": nats / LN2, "perplexity": math.exp(nats),
               "seconds": time.perf_counter() - t0}
     if as_json:
-        out.print_json(json.dumps(result))
+        out.print_json(to_json(result))
         return
     table = Table(show_header=False, box=None)
     table.add_row("checkpoint", str(path))
@@ -622,6 +698,7 @@ def evaluate_cmd(
 def _eval_task(ckpt: Any, path: Path, task: str, lengths: str, examples: int, seed: int, as_json: bool) -> None:
     """Accuracy of the label character per example length, beside the majority-guess baseline."""
     from charrnn.checkpoint import build_model
+    from charrnn.runs import to_json
     from charrnn.tasks import label_accuracy, majority_baseline
 
     try:
@@ -635,8 +712,8 @@ def _eval_task(ckpt: Any, path: Path, task: str, lengths: str, examples: int, se
     chance = majority_baseline(task, sizes, examples, seed)
     if as_json:
         rows = [{"length": n, "accuracy": accuracy[n], "majority": chance[n]} for n in sizes]
-        out.print_json(json.dumps({"checkpoint": str(path), "task": task, "model": ckpt.model_config.model,
-                                   "examples": examples, "results": rows}))
+        out.print_json(to_json({"checkpoint": str(path), "task": task, "model": ckpt.model_config.model,
+                                 "examples": examples, "results": rows}))
         return
     table = Table(title=f"{task}: {ckpt.model_config.model} {ckpt.model_config.num_layers}x{ckpt.model_config.hidden_size}")
     for col in ("length", "accuracy", "majority guess"):
@@ -654,7 +731,7 @@ def runs(
     check: Annotated[bool, typer.Option("--check", help="Load every checkpoint and report damaged ones (exit 1 if any).")] = False,
 ) -> None:
     """List runs, most recent first, with their disk usage."""
-    from charrnn.runs import checkpoint_files, disk_usage, list_runs
+    from charrnn.runs import checkpoint_files, disk_usage, last_written, list_runs
 
     found = list_runs(runs_dir)
     if not found:
@@ -667,11 +744,14 @@ def runs(
         for r in found:
             for path in checkpoint_files(r):
                 try:
-                    build_model(load_checkpoint(path))
-                    out.print(f"ok       {path}", highlight=False)
-                except CharRNNError as exc:
+                    ckpt = load_checkpoint(path)
+                    build_model(ckpt)
+                    if getattr(ckpt, "nonfinite", None):
+                        raise CharRNNError(f"non-finite weights in {', '.join(ckpt.nonfinite[:3])}")
+                    out.print(f"ok       {path}", highlight=False, markup=False)
+                except (CharRNNError, OSError) as exc:
                     damaged += 1
-                    out.print(f"DAMAGED  {path}: {exc}", highlight=False)
+                    out.print(f"DAMAGED  {path}: {exc}", highlight=False, markup=False)
         if damaged:
             fail(f"{damaged} damaged checkpoint(s): resume from a good one or delete them.")
         return
@@ -679,32 +759,41 @@ def runs(
     for col in ("name", "model", "size", "steps", "best val bpc", "disk", "when"):
         table.add_column(col)
     for r in found:
-        info = _read_config(r.config)
-        m = info.get("model", {})
+        config, damage = _read_config(r.config)
+        m = config.get("model") if isinstance(config.get("model"), dict) else {}
         summary = _summary(r)
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(max(p.stat().st_mtime for p in (r.last, r.best) if p.is_file())))
-        table.add_row(r.dir.name, m.get("model", "?"), f"{m.get('num_layers', '?')}x{m.get('hidden_size', '?')}",
-                      str(summary.get("step", "?")), _fmt(summary.get("best_val", math.inf) / LN2),
-                      f"{disk_usage(r) / 1e6:.1f} MB", when)
+        kind = m.get("model") if isinstance(m.get("model"), str) else "?"
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(last_written(r)))
+        table.add_row(r.dir.name, kind + (f" ({damage})" if damage else ""),
+                      f"{_plain(m.get('num_layers'))}x{_plain(m.get('hidden_size'))}",
+                      str(summary["step"]), _fmt(summary["best_val"] / LN2), f"{disk_usage(r) / 1e6:.1f} MB", when)
     out.print(table)
 
 
-def _read_config(path: Path) -> dict:
+def _read_config(path: Path) -> tuple[dict, str]:
+    """A run's config.json as a dict, and what is wrong with it ('' when nothing)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
+        config = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return {}, "no config.json"
+    except (OSError, ValueError):
+        return {}, "config.json damaged"
+    return (config, "") if isinstance(config, dict) else ({}, "config.json damaged")
+
+
+def _plain(value: Any) -> str:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else "?"
 
 
 def _summary(run: Any) -> dict:
-    """Step and best val of a run from its metrics (no torch needed)."""
-    from charrnn.runs import read_metrics
+    """Step and best val of a run from its metrics (no torch needed); damaged events are skipped."""
+    from charrnn.runs import event_step, number, read_metrics
 
     step, best = 0, math.inf
     for event in read_metrics(run):
-        step = max(step, int(event.get("step", 0)))
+        step = max(step, event_step(event) or 0)
         if event.get("event") == "eval":
-            best = min(best, float(event["val_loss"]))
+            best = min(best, number(event, "val_loss", math.inf))
     return {"step": step, "best_val": best}
 
 
@@ -712,24 +801,31 @@ def _summary(run: Any) -> dict:
 @handle_errors
 def info(run: RunArg = None, runs_dir: RunsDir = Path("checkpoints")) -> None:
     """Show one run: model, training settings, progress, best validation loss."""
-    from charrnn.checkpoint import load_checkpoint
-    from charrnn.runs import resolve_checkpoint
+    from rich.markup import escape
+
+    from charrnn.runs import number, resolve_checkpoint
 
     path = resolve_checkpoint(run, runs_dir, prefer="last")
-    ckpt = load_checkpoint(path)
+    ckpt, path, damage = _load_for_info(path)
     params = sum(t.numel() for t in ckpt.model_state.values())
     p = ckpt.progress
     table = Table(show_header=False, title=str(path))
+    if damage:
+        table.add_row("[red]damaged[/]", escape(damage))
     m = ckpt.model_config
     table.add_row("model", f"{m.model} {m.num_layers}x{m.hidden_size}, embed {m.embedding_size}, dropout {m.dropout}")
     table.add_row("parameters", f"{params:,}")
     table.add_row("vocabulary", f"{len(ckpt.vocab)} {'bytes' if ckpt.vocab.byte_level else 'characters'}")
     t = ckpt.train_config
     table.add_row("training", f"B={t.batch_size} T={t.seq_len} lr={t.lr} clip={t.grad_clip} seed={t.seed}")
-    table.add_row("progress", f"step {p.get('step', 0):,}, epoch {p.get('epoch', 0)}, {p.get('elapsed', 0):.1f}s")
-    best = float(p.get("best_val", math.inf))
+    table.add_row("progress", f"step {number(p, 'step', 0):,.0f}, epoch {number(p, 'epoch', 0):.0f}, "
+                              f"{number(p, 'elapsed', 0):.1f}s")
+    best = number(p, "best_val", math.inf)
     table.add_row("best val", f"{_fmt(best)} nats/char, {_fmt(best / LN2)} bits/char")
-    table.add_row("corpus", f"{ckpt.corpus.get('path', '?')} ({ckpt.corpus.get('chars', '?')} chars)")
+    table.add_row("corpus", escape(f"{ckpt.corpus.get('path', '?')} ({ckpt.corpus.get('chars', '?')} chars)"))
+    nonfinite = getattr(ckpt, "nonfinite", None)
+    if nonfinite:
+        table.add_row("[red]weights[/]", escape(f"non-finite values in {', '.join(nonfinite[:3])}"))
     out.print(table)
     metrics = path.parent / "metrics.jsonl"
     if metrics.is_file():
@@ -739,6 +835,23 @@ def info(run: RunArg = None, runs_dir: RunsDir = Path("checkpoints")) -> None:
             show_curves(metrics, out)
         except CharRNNError:  # a run with no losses logged yet has no curves to show
             pass
+
+
+def _load_for_info(path: Path) -> tuple[Any, Path, str]:
+    """The checkpoint to describe: `path`, or the run's other checkpoint when `path` is damaged
+    (then the third item says what is wrong with `path`). Raises CharRNNError when none loads."""
+    from charrnn.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(path), path, ""
+    except CharRNNError as exc:
+        other = path.with_name("best.pt" if path.name == "last.pt" else "last.pt")
+        if path.name not in ("last.pt", "best.pt") or not other.is_file():
+            raise
+        try:
+            return load_checkpoint(other), other, f"{path.name}: {exc}"
+        except CharRNNError:
+            raise exc from None
 
 
 def _register_extensions() -> None:

@@ -546,6 +546,8 @@ def show_curves(
         for event, series in (("train", curves.train), ("eval", curves.val)):
             for p in series:
                 typer.echo(f"{event}\t{p.step}\t{p.time:.1f}\t{p.loss:.4f}")
+        if curves.skipped:
+            typer.echo(f"{curves.skipped} damaged line(s) of {path} skipped", err=True)
         return
     console.print(
         f"[bold]{escape(str(path))}[/]  [dim]· train[/]  [red]● validation[/]  (nats/char)"
@@ -560,6 +562,8 @@ def show_curves(
             f"best val loss {best.loss:.4f} ({best.loss / math.log(2):.3f} bits/char) at step {best.step},"
             f" {len(curves.val)} evaluations"
         )
+    if curves.skipped:
+        console.print(f"[yellow]{curves.skipped} damaged line(s) of {escape(str(path))} skipped[/]")
 
 
 def _plot_line(line: str) -> Text:

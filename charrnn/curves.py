@@ -7,12 +7,12 @@ events) or "val_loss" (eval events), in nats per character.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from charrnn.errors import CharRNNError
+from charrnn.runs import event_step, number, read_events
 
 
 @dataclass
@@ -26,6 +26,7 @@ class Point:
 class Curves:
     train: list[Point] = field(default_factory=list)
     val: list[Point] = field(default_factory=list)
+    skipped: int = 0  # train/eval events that could not be read (damaged lines)
 
     @property
     def best_val(self) -> Point | None:
@@ -35,33 +36,25 @@ class Curves:
 def read_curves(path: Path) -> Curves:
     """Train and validation losses from a metrics.jsonl file, in file order.
 
-    Lines that are not JSON objects with a finite loss are skipped (a run may be
-    writing the last line). Raises CharRNNError if the file is missing or has no loss.
+    Events without a finite loss and a step are skipped (a run may be writing the last
+    line; a damaged file keeps what can be read); `Curves.skipped` counts them. Raises
+    CharRNNError if the file is missing or has no loss.
     """
     path = Path(path)
     if not path.is_file():
         raise CharRNNError(f"'{path}' does not exist: the run has not logged any metrics yet.")
     curves = Curves()
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+    for row in read_events(path):
+        kind = row.get("event")
+        if kind not in ("train", "eval"):
             continue
-        if not isinstance(row, dict):
+        loss = number(row, "train_loss" if kind == "train" else "val_loss")
+        step = event_step(row)
+        if step is None or not math.isfinite(loss):
+            curves.skipped += 1
             continue
-        for event, key, target in (
-            ("train", "train_loss", curves.train),
-            ("eval", "val_loss", curves.val),
-        ):
-            value = row.get(key)
-            if (
-                row.get("event") == event
-                and isinstance(value, (int, float))
-                and math.isfinite(value)
-            ):
-                target.append(
-                    Point(int(row.get("step", 0)), float(row.get("time", 0.0)), float(value))
-                )
+        point = Point(step, number(row, "time", 0.0), loss)
+        (curves.train if kind == "train" else curves.val).append(point)
     if not curves.train and not curves.val:
         raise CharRNNError(f"'{path}' holds no train_loss or val_loss values yet.")
     return curves

@@ -40,7 +40,7 @@ _HINTS = {
 def os_error(exc: OSError, what: str = "", hint: str = "") -> CharRNNError:
     """The CharRNNError for `exc`: what failed, on which path, and what to do."""
     path = exc.filename if exc.filename is not None else ""
-    reason = (exc.strerror or str(exc)).rstrip(".").lower() if exc.strerror else str(exc)
+    reason = (exc.strerror or str(exc)).rstrip(".")
     doing = f"{what} " if what else ""
     where = f"'{path}'" if path else "a file"
     todo = hint or _HINTS.get(exc.errno or 0, "check the path and try again")

@@ -25,7 +25,8 @@ from charrnn.corpus import Prepared, split
 from charrnn.distributed import Dist
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, State, detach_state
-from charrnn.runs import RunLock, RunPaths
+from charrnn.files import atomic_write_text, os_error
+from charrnn.runs import RunLock, RunPaths, append_event, keep_events_until
 
 BAD_STEPS_BEFORE_ROLLBACK = 3  # consecutive non-finite steps before rolling back
 VAL_CHUNK = 256  # characters per validation forward (state carried across: only speed depends on it)
@@ -61,11 +62,14 @@ def _link_or_copy(src: "os.PathLike[str]", dst: "os.PathLike[str]") -> None:
     os.replace(tmp, dst)
 
 
-def _event_step(line: str) -> float:
+def file_identity(path: "os.PathLike[str]") -> tuple[int, ...] | None:
+    """Which file is at `path` now (device, inode, size, mtime), or None when there is none.
+    Every checkpoint write renames a new file into place, so any write changes it."""
     try:
-        return float(json.loads(line).get("step", 0))
-    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return math.inf  # a torn line from a crash: drop it
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def lr_at(cfg: TrainConfig, progress: float) -> float:
@@ -196,6 +200,10 @@ class Trainer:
         self.autocast = check_precision(train_cfg.precision, self.device)
         self.state = self.model.init_state(self.batcher.batch_size, self.device)
         self.spent = 0.0  # of elapsed, the seconds before the first step (preparation, the probe)
+        self.resumed = resume is not None
+        # The last.pt this trainer continues from (None: there is none): a save that finds another
+        # file there refuses, so no second trainer's older state can overwrite newer training.
+        self.last_written = file_identity(run.last) if self.resumed else None
         if resume is not None:
             self._restore(resume)
         else:
@@ -255,8 +263,14 @@ class Trainer:
         if not self.dist.is_main:
             self.rolled_back = False
             return
+        if file_identity(run.last) != self.last_written:
+            raise CharRNNError(
+                f"'{run.last}' was written by another process while this one trained from an older "
+                f"checkpoint: not overwriting the newer training; see `charrnn info {run.dir.name}`."
+            )
         try:
             save_checkpoint(ckpt, run.last)
+            self.last_written = file_identity(run.last)
             if best:
                 _link_or_copy(run.last, run.best)
             if self.cfg.keep_last:
@@ -298,15 +312,14 @@ class Trainer:
             "steps_per_epoch": self.batcher.steps_per_epoch,
             "device": str(self.device),
         }
-        self.run_paths.config.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(self.run_paths.config, json.dumps(info, indent=2) + "\n")
 
     def _emit(self, event: Event) -> None:
         if not self.dist.is_main:  # rank 0 alone logs
             return
         event = {"time": round(self.elapsed, 3), **event}
         if event["event"] in ("train", "eval", "start", "end", "skip", "rollback", "early_stop"):
-            with open(self.run_paths.metrics, "a", encoding="utf-8") as f:
-                f.write(json.dumps(event) + "\n")
+            append_event(self.run_paths, event)
         self.on_event(event)
 
     # -- loop ----------------------------------------------------------------------------
@@ -352,18 +365,12 @@ class Trainer:
         if not self.dist.is_main:
             return self._run()  # rank 0 owns the run folder: lock, config, metrics, checkpoints
         self.run_paths.dir.mkdir(parents=True, exist_ok=True)
-        with RunLock(self.run_paths):
-            self._drop_metrics_after(self.step)
-            return self._run()
-
-    def _drop_metrics_after(self, step: int) -> None:
-        """On resume, forget events logged after the checkpoint (they will happen again)."""
-        path = self.run_paths.metrics
-        if not path.is_file():
-            return
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if _event_step(line) <= step]
-        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        try:
+            with RunLock(self.run_paths):
+                keep_events_until(self.run_paths, self.step)
+                return self._run()
+        except OSError as exc:  # metrics or config refused by the disk; checkpoints say so themselves
+            raise os_error(exc, f"training run '{self.run_paths.dir.name}'") from None
 
     def _run(self) -> TrainResult:
         cfg = self.cfg

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from charrnn import checkpoint as checkpoint_mod
+from charrnn import files as files_mod
 from charrnn.checkpoint import build_model, load_checkpoint
 from charrnn.cli import app
 from charrnn.config import ModelConfig, SampleConfig, TrainConfig
@@ -190,7 +191,7 @@ def test_unwritable_checkpoint_keeps_the_previous_one(tmp_path: Path, corpus: Pa
     else:
         def replace(*args, **kwargs):
             raise OSError(errno.EROFS, "Read-only file system")
-        monkeypatch.setattr(checkpoint_mod.os, "replace", replace)
+        monkeypatch.setattr(files_mod.os, "replace", replace)
         expected = "Read-only"
     trainer = Trainer(*_tiny_setup(tmp_path, corpus, run, resume=True))
     with pytest.raises(CharRNNError, match=expected):
