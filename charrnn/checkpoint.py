@@ -1,27 +1,30 @@
 """One checkpoint file: weights, configs, vocab, optimizer and progress, format version.
 
 Files are written atomically (temp file in the same folder, fsync, rename) and
-read only with `torch.load(weights_only=True)`, so loading never runs code.
+read only with `torch.load(weights_only=True)`, so loading never runs code, after
+charrnn.ptfile has checked what the file may cost and every field's type.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from charrnn.config import FORMAT_VERSION, ModelConfig, TrainConfig, from_dict
+from charrnn.config import FORMAT_VERSION, ModelConfig, TrainConfig, printable
 from charrnn.errors import CharRNNError
 from charrnn.files import atomic_write
+from charrnn.limits import TooLargeError, check_memory, model_nbytes
 from charrnn.model import CharRNN
+from charrnn.ptfile import open_archive, read_fields
 from charrnn.vocab import Vocab
 
-__all__ = ["FORMAT_VERSION", "Checkpoint", "atomic_write", "build_model", "load_checkpoint", "save_checkpoint"]
+__all__ = ["FORMAT_VERSION", "Checkpoint", "atomic_write", "build_model", "load_checkpoint", "nonfinite_tensors",
+           "save_checkpoint"]
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Checkpoint:
     rng: dict[str, Any] = field(default_factory=dict)
     corpus: dict[str, Any] = field(default_factory=dict)  # name, sha256, encoding
     path: Path | None = None
+    nonfinite: list[str] = field(default_factory=list)  # model tensors holding NaN or inf (set on load)
 
 
 def save_checkpoint(ckpt: Checkpoint, path: Path) -> None:
@@ -67,75 +71,98 @@ def _to_cpu(obj: Any) -> Any:
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    """Read a checkpoint on the CPU. Raises CharRNNError for anything unusable."""
+    """Read a checkpoint on the CPU. Raises CharRNNError, and only that, for anything unusable.
+
+    The file is checked without torch first (charrnn.ptfile: what each member may cost,
+    every field's type), then read by `torch.load(weights_only=True)` from the same open
+    file. `Checkpoint.nonfinite` names the model tensors holding NaN or infinity.
+    """
     path = Path(path)
     if not path.is_file():
         raise CharRNNError(f"checkpoint '{path}' does not exist.")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            fields = read_fields(open_archive(f, str(path)).payload, str(path))
+            f.seek(0)
+            data = torch.load(f, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise CharRNNError(f"cannot read checkpoint '{path}': {exc.strerror or exc}; check the file and its permissions.")
     except pickle.UnpicklingError as exc:
         raise CharRNNError(
             f"refused to load '{path}': it holds objects other than tensors and plain data "
-            f"({str(exc).splitlines()[0][:120]}); only load checkpoints written by charrnn."
+            f"({(str(exc).splitlines() or [''])[0][:120]}); only load checkpoints written by charrnn."
         )
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+    except CharRNNError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds on a damaged file
+        if isinstance(exc, MemoryError) or "alloc" in str(exc).lower():
+            raise TooLargeError(f"reading checkpoint '{path}' ran out of memory: free some, or load it on a larger machine.")
         raise CharRNNError(
             f"cannot read checkpoint '{path}': the file is truncated or corrupt ({type(exc).__name__})."
         )
-    if not isinstance(data, dict) or "format" not in data:
-        raise CharRNNError(f"'{path}' is not a charrnn checkpoint.")
-    version = data["format"]
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CharRNNError(
-            f"checkpoint '{path}' has format {version}, newer than this charrnn reads "
-            f"({FORMAT_VERSION}): upgrade charrnn."
-        )
+    # read_fields checked this payload's structure on the same bytes; torch.load built it again.
     try:
+        state = dict(data["model"])
         hidden = data.get("hidden")
-        ckpt = Checkpoint(
-            model_config=from_dict(ModelConfig, data["model_config"], version),
-            train_config=from_dict(TrainConfig, data["train_config"], version),
-            vocab=Vocab.from_dict(data["vocab"]),
-            model_state=data["model"],
-            optimizer_state=data.get("optimizer"),
-            progress=data.get("progress") or {},
-            hidden=tuple(hidden) if hidden is not None else None,
-            rng=data.get("rng") or {},
-            corpus=data.get("corpus") or {},
-            path=path,
-        )
-    except KeyError as exc:
-        raise CharRNNError(f"checkpoint '{path}' (format {version}) lacks {exc}: it is damaged.")
-    if len(ckpt.vocab) != ckpt.model_config.vocab_size:
-        raise CharRNNError(
-            f"checkpoint '{path}' is inconsistent: its vocabulary has {len(ckpt.vocab)} symbols "
-            f"but its model config says vocab_size={ckpt.model_config.vocab_size}."
-        )
-    return ckpt
+        rng = data.get("rng") or {}
+        if not all(isinstance(t, torch.Tensor) and t.dtype == torch.float32 for t in state.values()):
+            raise TypeError("model tensors")
+        if "torch" in rng and rng["torch"].numel() != torch.get_rng_state().numel():
+            raise ValueError("rng.torch")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CharRNNError(f"checkpoint '{path}' is damaged ({exc}): resume from another checkpoint.")
+    return Checkpoint(
+        model_config=fields.model_config,
+        train_config=fields.train_config,
+        vocab=fields.vocab,
+        model_state=state,
+        optimizer_state=data.get("optimizer"),
+        progress=data.get("progress") or {},
+        hidden=tuple(hidden) if hidden is not None else None,
+        rng=rng,
+        corpus=data.get("corpus") or {},
+        path=path,
+        nonfinite=nonfinite_tensors(state),
+    )
+
+
+def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the tensors in `state` holding NaN or infinity, in order."""
+    return [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def build_model(ckpt: Checkpoint) -> CharRNN:
     """The model of `ckpt` with its weights, in eval mode on the CPU.
 
-    Raises CharRNNError naming the first tensor whose name or shape does not
-    match the stored config.
+    Refuses (CharRNNError) a model larger than the memory available, before allocating it,
+    and names the first tensor whose name or shape does not match the stored config.
     """
-    model = CharRNN(ckpt.model_config)
-    expected = model.state_dict()
+    cfg = ckpt.model_config
     where = ckpt.path or "checkpoint"
+    check_memory(model_nbytes(cfg), f"the {cfg.num_layers}x{cfg.hidden_size} {cfg.model} model of {where}",
+                 "load it on a machine with more memory, or free some.")
+    with torch.device("meta"):  # shapes without allocating
+        expected = CharRNN(cfg).state_dict()
     for name in sorted(set(expected) | set(ckpt.model_state)):
         if name not in ckpt.model_state:
             raise CharRNNError(f"{where} does not match its config: tensor '{name}' is missing.")
         if name not in expected:
-            raise CharRNNError(f"{where} does not match its config: unexpected tensor '{name}'.")
+            raise CharRNNError(f"{where} does not match its config: unexpected tensor '{printable(name)[:60]}'.")
         got, want = ckpt.model_state[name], expected[name]
         if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(want.shape):
             shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
             raise CharRNNError(
                 f"{where} does not match its config: '{name}' has shape {shape}, "
-                f"the config ({ckpt.model_config.model}, vocab {ckpt.model_config.vocab_size}, "
-                f"hidden {ckpt.model_config.hidden_size}) needs {tuple(want.shape)}."
+                f"the config ({cfg.model}, vocab {cfg.vocab_size}, "
+                f"hidden {cfg.hidden_size}) needs {tuple(want.shape)}."
             )
-    model.load_state_dict(ckpt.model_state)
+    try:
+        model = CharRNN(cfg)
+    except (MemoryError, RuntimeError):  # torch's CPU allocator raises RuntimeError
+        raise TooLargeError(f"the model of {where} did not fit in memory: free some, or load it on a larger machine.")
+    try:
+        model.load_state_dict(ckpt.model_state)
+    except (RuntimeError, TypeError) as exc:
+        raise CharRNNError(f"{where} does not match its config ({(str(exc).splitlines() or [''])[0][:120]}).")
     model.eval()
     return model

@@ -87,6 +87,7 @@ def prepare(
 
     t0 = time.perf_counter()
     data = prepare_corpus(resolve_corpus(corpus, data_dir, corpus_url), data_dir, encoding)
+    _print_notes(data, quiet=False)
     table = Table(show_header=False, box=None)
     table.add_row("corpus", str(data.source))
     table.add_row("characters", f"{len(data.tokens):,}")
@@ -302,7 +303,11 @@ def _plan_defaults(given: dict[str, Any], preset: Optional[str], data: Any, stop
         fixed = {**PRESETS[preset], **given}  # flags win over the preset
     # Bad flags fail before the probe spends any time.
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    ModelConfig(vocab_size=len(data.vocab), **{k: v for k, v in fixed.items() if k in model_fields})
+    asked = ModelConfig(vocab_size=len(data.vocab), **{k: v for k, v in fixed.items() if k in model_fields})
+    if "hidden_size" in fixed:  # sizes given as flags: refuse what cannot fit before the probe allocates it
+        from charrnn.limits import check_memory, model_nbytes_for_training
+
+        check_memory(model_nbytes_for_training(asked), f"training a {asked.num_layers}x{asked.hidden_size} {asked.model}")
     TrainConfig(**{k: v for k, v in fixed.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
     train_tokens, val_tokens = split(data.tokens, given.get("val_frac", 0.1))
     budget = stops["time_budget"] if not (stops["epochs"] or stops["max_steps"]) else 0.0
@@ -555,8 +560,9 @@ def _torch_sampler(path: Path, weights: str, device: str) -> tuple[Callable, Any
 
     ckpt = load_checkpoint(path)
     model = build_model(ckpt).to(pick_device(device))
-    _warn_nonfinite(getattr(ckpt, "nonfinite", None))
-    return functools.partial(generate, model, ckpt.vocab, stepper=make_stepper(model, weights)), ckpt.vocab
+    stepper = make_stepper(model, weights)  # refuses int8 of non-finite weights: then no warning first
+    _warn_nonfinite(ckpt.nonfinite)
+    return functools.partial(generate, model, ckpt.vocab, stepper=stepper), ckpt.vocab
 
 
 def unescape(text: str) -> str:
@@ -746,7 +752,7 @@ def runs(
                 try:
                     ckpt = load_checkpoint(path)
                     build_model(ckpt)
-                    if getattr(ckpt, "nonfinite", None):
+                    if ckpt.nonfinite:
                         raise CharRNNError(f"non-finite weights in {', '.join(ckpt.nonfinite[:3])}")
                     out.print(f"ok       {path}", highlight=False, markup=False)
                 except (CharRNNError, OSError) as exc:
@@ -823,9 +829,8 @@ def info(run: RunArg = None, runs_dir: RunsDir = Path("checkpoints")) -> None:
     best = number(p, "best_val", math.inf)
     table.add_row("best val", f"{_fmt(best)} nats/char, {_fmt(best / LN2)} bits/char")
     table.add_row("corpus", escape(f"{ckpt.corpus.get('path', '?')} ({ckpt.corpus.get('chars', '?')} chars)"))
-    nonfinite = getattr(ckpt, "nonfinite", None)
-    if nonfinite:
-        table.add_row("[red]weights[/]", escape(f"non-finite values in {', '.join(nonfinite[:3])}"))
+    if ckpt.nonfinite:
+        table.add_row("[red]weights[/]", escape(f"non-finite values in {', '.join(ckpt.nonfinite[:3])}"))
     out.print(table)
     metrics = path.parent / "metrics.jsonl"
     if metrics.is_file():

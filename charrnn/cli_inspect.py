@@ -84,15 +84,10 @@ def _load(run: str | None, runs_dir: Path) -> tuple[Any, Any, Path]:
 
 
 def _read_file(path: Path, byte_level: bool) -> str:
-    if not path.is_file():
-        raise CharRNNError(f"file '{path}' does not exist.")
-    data = path.read_bytes()
-    if byte_level:
-        return data.decode("latin-1")  # byte vocabularies hold bytes as U+0000..U+00FF
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CharRNNError(f"'{path}' is not UTF-8 text (byte {exc.start}); convert it first.")
+    """The text of `path` as training reads it (a byte-order mark dropped; bytes as U+0000..U+00FF)."""
+    from charrnn.corpus import read_text
+
+    return read_text(path, "bytes" if byte_level else "utf-8")
 
 
 def _read_text(text: str | None, file: Path | None, byte_level: bool) -> str:

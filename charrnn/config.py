@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -25,11 +27,30 @@ CELL_STATE_MODELS = ("lstm", "peephole-lstm", "gf-lstm")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DROPOUT_MASKS = ("locked", "per-step")
 PRECISIONS = ("fp32", "bf16")
+# Bounds that keep sizes and step counts in machine integers; a real run is far inside them.
+MAX_VOCAB = 0x110000  # Unicode code points
+MAX_LAYERS = 1024
+MAX_WIDTH = 2**20  # hidden_size, embed_size, batch_size, seq_len
+MAX_COUNT = 2**63  # any other integer setting (steps, characters, seeds): an int64
+MAX_EPOCHS = 1e6
+MAX_SECONDS = 1e9  # time budget (about 32 years)
 
 
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise CharRNNError(message)
+
+
+def _check_finite(cfg: Any) -> None:
+    """Every float setting of `cfg` is finite and every int setting below MAX_COUNT in size:
+    `--lr inf` or `--max-steps 10**30` are one error, not an overflow deep inside training."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, float):
+            _check(math.isfinite(value), f"{flag} must be a finite number, not {value}.")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            _check(abs(value) < MAX_COUNT, f"{flag} must be below 2**63.")
 
 
 @dataclass(frozen=True)
@@ -44,11 +65,13 @@ class ModelConfig:
     weight_drop: float = 0.0  # DropConnect on the recurrent (hidden-to-hidden) weights, fused kinds only
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         _check(self.model in MODELS, f"unknown model '{self.model}': choose one of {', '.join(MODELS)}.")
         _check(self.vocab_size >= 1, "the vocabulary is empty: the corpus has no characters.")
-        _check(self.num_layers >= 1, "--layers must be at least 1.")
-        _check(self.hidden_size >= 1, "--hidden must be at least 1.")
-        _check(self.embed_size >= 0, "--embed must be 0 (same as --hidden) or positive.")
+        _check(self.vocab_size <= MAX_VOCAB, f"vocab_size {self.vocab_size} exceeds the {MAX_VOCAB:,} Unicode code points.")
+        _check(1 <= self.num_layers <= MAX_LAYERS, f"--layers must be in [1, {MAX_LAYERS}].")
+        _check(1 <= self.hidden_size <= MAX_WIDTH, f"--hidden must be in [1, {MAX_WIDTH:,}].")
+        _check(0 <= self.embed_size <= MAX_WIDTH, f"--embed must be 0 (same as --hidden) or at most {MAX_WIDTH:,}.")
         _check(0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1).")
         _check(self.dropout_mask in DROPOUT_MASKS, f"unknown --dropout-mask '{self.dropout_mask}': choose {' or '.join(DROPOUT_MASKS)}.")
         _check(0.0 <= self.weight_drop < 1.0, "--weight-drop must be in [0, 1).")
@@ -92,16 +115,17 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | mps
 
     def __post_init__(self) -> None:
-        _check(self.batch_size >= 1, "--batch-size must be at least 1.")
-        _check(self.seq_len >= 1, "--seq-len must be at least 1.")
+        _check_finite(self)
+        _check(1 <= self.batch_size <= MAX_WIDTH, f"--batch-size must be in [1, {MAX_WIDTH:,}].")
+        _check(1 <= self.seq_len <= MAX_WIDTH, f"--seq-len must be in [1, {MAX_WIDTH:,}].")
         _check(self.lr > 0, "--lr must be positive.")
         _check(self.weight_decay >= 0, "--weight-decay must be 0 or positive.")
         _check(0.0 <= self.warmup < 1.0, "--warmup must be a fraction in [0, 1).")
         _check(0.0 <= self.min_lr_ratio <= 1.0, "--min-lr-ratio must be in [0, 1].")
         _check(self.grad_clip >= 0, "--grad-clip must be 0 (off) or positive.")
-        _check(self.epochs >= 0, "--epochs must be positive.")
-        _check(self.max_steps >= 0, "--max-steps must be positive.")
-        _check(self.time_budget >= 0, "--time-budget must be positive.")
+        _check(0 <= self.epochs <= MAX_EPOCHS, f"--epochs must be positive and at most {MAX_EPOCHS:,.0f}.")
+        _check(0 <= self.max_steps < 2**62, "--max-steps must be positive and below 2**62.")
+        _check(0 <= self.time_budget <= MAX_SECONDS, f"--time-budget must be positive and at most {MAX_SECONDS:,.0f} seconds.")
         _check(self.eval_every >= 0, "--eval-every must be 0 (auto) or positive.")
         _check(self.evals >= 1, "--evals must be at least 1.")
         _check(self.patience >= 0, "--patience must be 0 (off) or positive.")
@@ -111,6 +135,7 @@ class TrainConfig:
         _check(0.0 < self.val_frac < 1.0, "--val-frac must be in (0, 1).")
         _check(self.val_chars >= 0, "--val-chars must be 0 (all) or positive.")
         _check(self.val_streams >= 1, "--val-streams must be at least 1.")
+        _check(self.seed >= 0, "--seed must be 0 or positive.")
         _check(self.device in DEVICES, f"unknown device '{self.device}': choose {', '.join(DEVICES)}.")
 
 
@@ -125,7 +150,9 @@ class SampleConfig:
     stop: str = ""  # stop a sample once it ends with this string
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         _check(math.isfinite(self.temperature) and self.temperature >= 0, "--temp must be 0 (greedy) or a positive number.")
+        _check(self.seed is None or 0 <= self.seed < 2**63, "--seed must be 0 or positive and below 2**63.")
         _check(self.top_k >= 0, "--top-k must be 0 (off) or positive.")
         _check(0.0 < self.top_p <= 1.0, "--top-p must be in (0, 1].")
         _check(self.length >= 0, "--length must be 0 or positive.")
@@ -135,19 +162,58 @@ class SampleConfig:
 T = TypeVar("T")
 
 
-def from_dict(cls: type[T], data: dict[str, Any], version: int) -> T:
-    """Rebuild a config dataclass stored by `asdict`; unknown or missing keys are errors."""
+def from_dict(cls: type[T], data: Any, version: int) -> T:
+    """Rebuild a config dataclass stored by `asdict`. Unknown or missing keys and values of the
+    wrong type are errors: a checkpoint is untrusted input."""
+    name = cls.__name__
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise CharRNNError(f"checkpoint (format {version}) has a damaged {name}: it is not a table of settings.")
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
         raise CharRNNError(
-            f"checkpoint (format {version}) has unknown {cls.__name__} keys {unknown}: "
+            f"checkpoint (format {version}) has unknown {name} keys {unknown[:10]}: "
             "it was written by another charrnn version."
         )
+    hints = typing.get_type_hints(cls)
+    values = {key: _typed(value, hints[key], f"checkpoint (format {version}) field {name}.{key}")
+              for key, value in data.items()}
     try:
-        return cls(**data)
+        return cls(**values)
     except TypeError as exc:
-        raise CharRNNError(f"checkpoint (format {version}) has an incomplete {cls.__name__}: {exc}.")
+        raise CharRNNError(f"checkpoint (format {version}) has an incomplete {name}: {exc}.")
+    except CharRNNError as exc:  # the message quotes the file's value: keep it on one line
+        raise CharRNNError(f"checkpoint (format {version}) has an invalid {name}: {printable(str(exc))}")
+
+
+def printable(text: str) -> str:
+    """`text` with control and other unprintable characters escaped (\\n, \\x1e): an error
+    message quoting a file's content stays one line on the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """`value` checked against a field's type: int (not bool), float (int or float, finite),
+    str, bool, or X | None. Raises CharRNNError naming `where`."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for kind in options:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, float) or abs(value) < 2**1000:
+                number = float(value)
+                if math.isfinite(number):
+                    return number
+            raise CharRNNError(f"{where} must be a finite number, not {value!r:.40}.")
+        if kind is str and isinstance(value, str):
+            return value
+    wanted = " or ".join({int: "an integer", float: "a number", str: "a string", bool: "true or false",
+                          type(None): "null"}.get(k, str(k)) for k in options)
+    raise CharRNNError(f"{where} must be {wanted}, not {type(value).__name__} {value!r:.40}.")
 
 
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")

@@ -1,27 +1,33 @@
-"""Corpora: find or download the text, encode it once into a cached token array, split it.
+"""Corpora: find or download the text, read it the one way training does, encode it once, split it.
 
-`prepare` reads the file in chunks (two passes: hash + vocabulary, then
-encode), so a corpus far larger than memory works. The cache lives in
-`<data_dir>/cache/<sha256[:16]>-<encoding>/` as `tokens.npy` (smallest unsigned
-integer dtype that fits) and `vocab.json`, and is read back with a memory map.
+`prepare` reads the file in chunks (two passes: hash + vocabulary, then encode), so
+a corpus far larger than memory works. The encoded corpus lives in the prepared-data
+cache (charrnn/cache.py: `<data_dir>/cache/<sha256[:16]>-<encoding>[-v<hash>]/`),
+which is checked against pass 1 every time it is opened and rebuilt when damaged.
+`read_text` (prime and eval text) decodes exactly as `prepare` does.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
-import json
-import shutil
+import http.client
+import os
+import stat
+import sys
 import tempfile
-import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO
 
 import numpy as np
 
+from charrnn import cache
 from charrnn.errors import CharRNNError
+from charrnn.files import os_error
 from charrnn.vocab import Vocab, token_dtype, vocab_from_codepoints
 
 CHUNK_BYTES = 2 << 20  # bytes read per chunk while preparing (bounds the transient memory)
@@ -32,7 +38,7 @@ class BuiltinCorpus:
     filename: str
     url: str
     sha256: str
-    size: int
+    size: int  # bytes
 
 
 BUILTINS = {
@@ -54,21 +60,25 @@ class Prepared:
     sha256: str
     source: Path
     encoding: str
+    notes: tuple[str, ...] = ()  # what preparing had to repair (a damaged cache rebuilt), one line each, for the user
+
+
+@contextlib.contextmanager
+def _os_errors(what: str) -> Iterator[None]:
+    """An OSError on a user's path (no space, read-only, not a folder...) as one CharRNNError."""
+    try:
+        yield
+    except OSError as exc:
+        raise os_error(exc, what) from None
 
 
 def resolve_corpus(name: str, data_dir: Path, url: str | None = None) -> Path:
-    """A file path, or a built-in corpus name downloaded once into data_dir.
-
-    Raises CharRNNError when the file is missing or the download fails.
-    """
+    """A regular file (or a link to one), or a built-in corpus name downloaded once into data_dir."""
     path = Path(name)
-    if name in BUILTINS and not path.exists():
-        return fetch_builtin(name, data_dir, url)
-    if not path.exists():
-        known = ", ".join(BUILTINS)
-        raise CharRNNError(f"corpus '{name}' does not exist: pass a text file or a built-in name ({known}).")
-    if path.is_dir():
-        raise CharRNNError(f"corpus '{name}' is a directory: pass a text file.")
+    with _os_errors(f"opening corpus '{name}'"):
+        if name in BUILTINS and not path.exists():
+            return fetch_builtin(name, data_dir, url)
+        _file_mode(path, "corpus")
     return path
 
 
@@ -76,39 +86,100 @@ def fetch_builtin(name: str, data_dir: Path, url: str | None = None) -> Path:
     """Download built-in corpus `name` into data_dir unless a verified copy is there."""
     spec = BUILTINS[name]
     target = Path(data_dir) / spec.filename
-    if target.is_file() and file_sha256(target) == spec.sha256:
-        return target
-    source = url or spec.url
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", dir=target.parent)
-    tmp = Path(tmp_name)
+    with _os_errors(f"downloading '{name}'"):
+        if target.is_file() and file_sha256(target) == spec.sha256:
+            return target
+        cache.make_folder(target.parent)
+        # One download at a time; whoever holds the lock knows any .part file is a killed one's.
+        with cache.hold_lock(target.parent / f".{spec.filename}.lock"):
+            for stale in target.parent.glob(f".{spec.filename}.part*"):
+                cache.remove(stale)
+            if not (target.is_file() and file_sha256(target) == spec.sha256):
+                _download(name, url or spec.url, spec, target)
+    return target
+
+
+def _download(name: str, source: str, spec: BuiltinCorpus, target: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{spec.filename}.part", dir=target.parent)
     try:
-        with open(fd, "wb") as out, urllib.request.urlopen(source, timeout=30) as response:
-            shutil.copyfileobj(response, out)
-        digest = file_sha256(tmp)
+        with open(fd, "wb") as out:
+            out.writelines(_blocks(name, source, spec.size))
+            out.flush()
+            os.fsync(out.fileno())
+        digest = file_sha256(Path(tmp))
         if digest != spec.sha256:
             raise CharRNNError(
                 f"download of '{name}' from {source} has sha256 {digest[:12]}..., "
                 f"expected {spec.sha256[:12]}...: check the URL or pass the file instead."
             )
-        tmp.replace(target)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise CharRNNError(
-            f"could not download '{name}' from {source} ({reason}): pass a local text file instead, "
-            "or set CHARRNN_SHAKESPEARE_URL / --corpus-url to a reachable mirror."
-        )
+        os.replace(tmp, target)
+    except OSError as exc:  # a local error (a full disk): a write or fsync names no file, so name it
+        exc.filename = exc.filename or str(target)
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
-    return target
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _blocks(name: str, source: str, size: int) -> Iterator[bytes]:
+    """The body at `source`, up to size + 1 bytes (the digest rejects more without filling the
+    disk); a network failure (URLError, timeout, reset, bad URL) is a CharRNNError."""
+    try:
+        with urllib.request.urlopen(source, timeout=30) as response:
+            got = 0
+            while got <= size and (block := response.read(CHUNK_BYTES)):
+                got += len(block)
+                yield block
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        raise CharRNNError(
+            f"could not download '{name}' from {source} ({getattr(exc, 'reason', exc)}): pass a local text "
+            "file instead, or set CHARRNN_SHAKESPEARE_URL / --corpus-url to a reachable mirror."
+        ) from None
 
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with _open_source(path, "file") as f:
         for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------
+# Reading: only regular files (links to them are fine), decoded one way.
+
+_KINDS = {stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
+
+
+def _file_mode(path: Path, what: str, pipe_ok: bool = False) -> int:
+    """st_mode of `path` (links followed); a missing path, a folder or a special file is a CharRNNError."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        known = f": pass a text file or a built-in name ({', '.join(BUILTINS)})" if what == "corpus" else ""
+        raise CharRNNError(f"{what} '{path}' does not exist{known}.") from None
+    if stat.S_ISDIR(mode):
+        raise CharRNNError(f"{what} '{path}' is a directory: pass a text file.")
+    if not (stat.S_ISREG(mode) or (pipe_ok and stat.S_ISFIFO(mode))):
+        raise _not_regular(path, what, mode)
+    return mode
+
+
+def _not_regular(path: Path, what: str, mode: int) -> CharRNNError:
+    kind = _KINDS.get(stat.S_IFMT(mode), "a special file")
+    also = ", or pass '-' to read standard input" if what == "file" else ""
+    return CharRNNError(f"{what} '{path}' is not a regular file ({kind}): save the text to a file and pass that{also}.")
+
+
+def _open_source(path: Path, what: str, pipe_ok: bool = False) -> BinaryIO:
+    """`path` open for reading. O_NONBLOCK unless a pipe is wanted: a pipe swapped in after
+    the check cannot hang the open, and fstat then refuses it."""
+    pipe = stat.S_ISFIFO(_file_mode(path, what, pipe_ok))
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (0 if pipe else os.O_NONBLOCK))
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or (pipe and stat.S_ISFIFO(mode))):
+        os.close(fd)
+        raise _not_regular(path, what, mode)
+    return os.fdopen(fd, "rb")
 
 
 def check_encoding(encoding: str) -> str:
@@ -116,41 +187,46 @@ def check_encoding(encoding: str) -> str:
     if encoding == "bytes":
         return encoding
     try:
-        name = codecs.lookup(encoding).name
+        info = codecs.lookup(encoding)
     except LookupError:
-        raise CharRNNError(f"unknown encoding '{encoding}': use e.g. utf-8, latin-1, cp1252 or bytes.")
-    return "utf-8" if name in ("utf-8", "utf-8-sig") else name
+        raise CharRNNError(f"unknown encoding '{encoding}': use e.g. utf-8, latin-1, cp1252 or bytes.") from None
+    if not getattr(info, "_is_text_encoding", True):  # base64, zlib, rot13...: bytes to bytes, not text
+        raise CharRNNError(f"'{encoding}' is not a text encoding: use e.g. utf-8, latin-1, cp1252 or bytes.")
+    return "utf-8" if info.name in ("utf-8", "utf-8-sig") else info.name
+
+
+def _decoder(encoding: str) -> codecs.IncrementalDecoder:
+    """The one decoder of `prepare` and `read_text`: a leading UTF-8 byte-order mark is dropped
+    (other codecs keep their own rule: utf-16 drops it, utf-16-le keeps it); bytes are U+0000..U+00FF."""
+    return codecs.getincrementaldecoder({"bytes": "latin-1", "utf-8": "utf-8-sig"}.get(encoding, encoding))()
+
+
+def _undecodable(source: str, encoding: str, exc: UnicodeError, at: int, hint: str) -> CharRNNError:
+    if isinstance(exc, UnicodeDecodeError):
+        return CharRNNError(f"{source} is not valid {encoding}: byte 0x{exc.object[exc.start]:02x} at offset {at} "
+                            f"cannot be decoded; {hint}")
+    return CharRNNError(f"{source} is not valid {encoding} ({exc}); {hint}")  # no position, e.g. a missing BOM
 
 
 def _codepoint_chunks(path: Path, encoding: str, on_bytes: Callable[[bytes], None]) -> Iterator[np.ndarray]:
     """Yield the file's code points, chunk by chunk, as uint32 arrays."""
-    if encoding == "bytes":
-        with open(path, "rb") as f:
+    with _open_source(path, "corpus") as f:
+        if encoding == "bytes":  # the same as _decoder's latin-1, without the detour through str
             for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
                 on_bytes(chunk)
                 yield np.frombuffer(chunk, dtype=np.uint8).astype(np.uint32)
-        return
-    # utf-8-sig strips a leading byte-order mark and is otherwise plain UTF-8.
-    decoder = codecs.getincrementaldecoder("utf-8-sig" if encoding == "utf-8" else encoding)()
-    offset = 0  # bytes of the file handed to the decoder so far
-    with open(path, "rb") as f:
+            return
+        decoder, offset = _decoder(encoding), 0  # offset: bytes of the file handed to the decoder so far
         while True:
             chunk = f.read(CHUNK_BYTES)
             on_bytes(chunk)
             pending = len(decoder.getstate()[0])
             try:
                 text = decoder.decode(chunk, final=not chunk)
-            except UnicodeDecodeError as exc:
-                at = offset - pending + exc.start
-                raise CharRNNError(
-                    f"'{path}' is not valid {encoding}: byte 0x{exc.object[exc.start]:02x} at offset {at} "
-                    "cannot be decoded; pass --encoding latin-1 (or the file's codec) or --encoding bytes."
-                )
-            except UnicodeError as exc:  # codec-level problems without a position, e.g. a missing BOM
-                raise CharRNNError(
-                    f"'{path}' is not valid {encoding} ({exc}); pass the file's codec with --encoding "
-                    "or --encoding bytes."
-                )
+            except UnicodeError as exc:
+                at = offset - pending + getattr(exc, "start", 0)
+                raise _undecodable(f"'{path}'", encoding, exc, at, "pass --encoding latin-1 (or the file's codec) "
+                                   "or --encoding bytes.") from None
             offset += len(chunk)
             if text:
                 yield np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
@@ -158,20 +234,32 @@ def _codepoint_chunks(path: Path, encoding: str, on_bytes: Callable[[bytes], Non
                 return
 
 
+# ---------------------------------------------------------------------------------------
+# Preparing: pass 1 (hash, symbols, count), the cache, pass 2 when it must be (re)built.
+
+
 def prepare(path: Path, data_dir: Path, encoding: str = "utf-8", vocab: Vocab | None = None) -> Prepared:
     """Encode `path` into the token cache (once per content hash) and map it.
 
     `vocab` fixes the vocabulary (e.g. a task's full alphabet) instead of
     taking the file's own symbols. Raises CharRNNError for an empty or
-    undecodable file, or one with symbols outside a given `vocab`.
+    undecodable file, one with symbols outside a given `vocab`, or an OS error.
     """
-    path = Path(path)
-    encoding = check_encoding(encoding)
-    if path.is_dir():
-        raise CharRNNError(f"'{path}' is a directory: pass a text file.")
-    if not path.is_file():
-        raise CharRNNError(f"corpus '{path}' does not exist.")
-    # Pass 1: content hash, symbol counts.
+    path, encoding = Path(path), check_encoding(encoding)
+    with _os_errors(f"preparing '{path}'"):
+        sha, symbols, count = _scan(path, encoding)
+        expected = _vocab_for(path, symbols, encoding, vocab)
+        folder = cache.folder_for(Path(data_dir), sha, encoding, vocab)
+        # Checking the cache (header, size, vocab.json, a max over the ids) costs about 2% of
+        # pass 1, which reads the whole corpus anyway: see benchmarks/RESULTS.md, "Cache check".
+        tokens, notes = cache.open_or_build(
+            folder, expected, count, lambda into: _encode_into(path, encoding, expected, count, into, sha)
+        )
+    return Prepared(tokens=tokens, vocab=expected, sha256=sha, source=path, encoding=encoding, notes=notes)
+
+
+def _scan(path: Path, encoding: str) -> tuple[str, np.ndarray, int]:
+    """Pass 1: the content's sha256, its sorted code points and its character count."""
     digest = hashlib.sha256()
     seen = np.zeros(0x110000, dtype=bool)
     count = 0
@@ -180,53 +268,39 @@ def prepare(path: Path, data_dir: Path, encoding: str = "utf-8", vocab: Vocab | 
         count += cps.size
     if count == 0:
         raise CharRNNError(f"corpus '{path}' is empty: give it some text.")
-    sha = digest.hexdigest()
-    key = f"{sha[:16]}-{encoding}"
-    if vocab is not None:
-        outside = sorted(set(chr(c) for c in np.flatnonzero(seen)) - set(vocab.chars))
-        if outside:
-            raise CharRNNError(f"'{path}' has symbols outside the fixed vocabulary: {outside[:10]}.")
-        key += "-v" + hashlib.sha256("".join(vocab.chars).encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    cache = Path(data_dir) / "cache" / key
-    if not (cache / "tokens.npy").is_file():
-        if vocab is None:
-            vocab = vocab_from_codepoints(np.flatnonzero(seen), byte_level=encoding == "bytes")
-        _encode_into(path, encoding, vocab, count, cache)
-    return load_prepared(cache, path, sha, encoding)
+    return digest.hexdigest(), np.flatnonzero(seen), count
 
 
-def _encode_into(path: Path, encoding: str, vocab: Vocab, count: int, cache: Path) -> None:
-    """Pass 2: write tokens.npy and vocab.json into a temp folder, then rename it to `cache`."""
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
-    try:
-        codepoints = vocab.codepoints
-        lut = np.zeros(int(codepoints[-1]) + 1, dtype=token_dtype(len(vocab)))
-        lut[codepoints] = np.arange(len(vocab))
-        # Plain appends, not a writable memory map: mapped dirty pages would count in the
-        # process's resident memory (923 MB for a 1 GB corpus); written pages do not.
-        at = 0
-        with open(tmp / "tokens.npy", "wb") as out:
-            header = {"descr": np.lib.format.dtype_to_descr(lut.dtype), "fortran_order": False, "shape": (count,)}
-            np.lib.format.write_array_header_1_0(out, header)
-            for cps in _codepoint_chunks(path, encoding, lambda _: None):
-                out.write(lut[cps].tobytes())
-                at += cps.size
-        if at != count:
-            raise CharRNNError(f"'{path}' changed while it was being prepared: run the command again.")
-        (tmp / "vocab.json").write_text(json.dumps(vocab.to_dict()), encoding="utf-8")
-        try:
-            tmp.rename(cache)
-        except OSError:  # another process prepared the same corpus meanwhile
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def _vocab_for(path: Path, symbols: np.ndarray, encoding: str, fixed: Vocab | None) -> Vocab:
+    if fixed is None:
+        return vocab_from_codepoints(symbols, byte_level=encoding == "bytes")
+    outside = sorted({chr(c) for c in symbols} - set(fixed.chars))
+    if outside:
+        raise CharRNNError(f"'{path}' has symbols outside the fixed vocabulary: {outside[:10]}.")
+    return fixed
 
 
-def load_prepared(cache: Path, source: Path, sha: str, encoding: str) -> Prepared:
-    vocab = Vocab.from_dict(json.loads((cache / "vocab.json").read_text(encoding="utf-8")))
-    tokens = np.load(cache / "tokens.npy", mmap_mode="r")
-    return Prepared(tokens=tokens, vocab=vocab, sha256=sha, source=source, encoding=encoding)
+def _encode_into(path: Path, encoding: str, vocab: Vocab, count: int, folder: Path, sha: str = "") -> None:
+    """Pass 2: write the cache folder (through cache.store: a temp folder renamed into place)."""
+    cache.store(folder, vocab, count, _ids(path, encoding, vocab, sha))
+
+
+def _ids(path: Path, encoding: str, vocab: Vocab, sha: str) -> Iterator[np.ndarray]:
+    """The file's ids, chunk by chunk; raises when the file is no longer what pass 1 read."""
+    codepoints = vocab.codepoints
+    lut = np.full(int(codepoints.max()) + 1, len(vocab), dtype=np.uint32)  # len(vocab): not a symbol
+    lut[codepoints] = np.arange(len(vocab))
+    dtype, digest = token_dtype(len(vocab)), hashlib.sha256()
+    changed = CharRNNError(f"'{path}' changed while it was being prepared: run the command again.")
+    for cps in _codepoint_chunks(path, encoding, digest.update):
+        if cps.size and int(cps.max()) >= len(lut):
+            raise changed
+        ids = lut[cps]
+        if ids.size and int(ids.max()) >= len(vocab):
+            raise changed
+        yield ids.astype(dtype)
+    if sha and digest.hexdigest() != sha:
+        raise changed
 
 
 def split(tokens: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
@@ -236,28 +310,16 @@ def split(tokens: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_text(path: str | Path, encoding: str = "utf-8") -> str:
-    """Whole text of a small file (prime, eval); '-' reads standard input."""
-    import sys
-
+    """Whole text of a small file (prime, eval), decoded exactly as `prepare` decodes a corpus;
+    '-' reads standard input. A named pipe is read once to its end like '-' (`--prime-file <(cmd)`
+    passes one; `prepare` refuses one as it reads a corpus twice); devices and sockets are refused."""
+    encoding = check_encoding(encoding)
     if str(path) == "-":
-        raw = sys.stdin.buffer.read()
-        source = "standard input"
+        raw, source = sys.stdin.buffer.read(), "standard input"
     else:
-        p = Path(path)
-        if p.is_dir():
-            raise CharRNNError(f"'{p}' is a directory: pass a text file.")
-        if not p.is_file():
-            raise CharRNNError(f"file '{p}' does not exist.")
-        raw = p.read_bytes()
-        source = f"'{p}'"
-    if encoding == "bytes":
-        return raw.decode("latin-1")
+        with _os_errors(f"reading '{path}'"), _open_source(Path(path), "file", pipe_ok=True) as f:
+            raw, source = f.read(), f"'{path}'"
     try:
-        return raw.decode("utf-8-sig" if check_encoding(encoding) == "utf-8" else encoding)
-    except UnicodeDecodeError as exc:
-        raise CharRNNError(
-            f"{source} is not valid {encoding}: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
-            "cannot be decoded; pass --encoding with the file's codec."
-        )
+        return _decoder(encoding).decode(raw, final=True)
     except UnicodeError as exc:
-        raise CharRNNError(f"{source} is not valid {encoding} ({exc}); pass --encoding with the file's codec.")
+        raise _undecodable(source, encoding, exc, getattr(exc, "start", 0), "pass --encoding with the file's codec.")

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from charrnn.errors import CharRNNError
+from charrnn.limits import int8_nonfinite_error
 from charrnn.model import CharRNN, FusedStack, State
 
 WEIGHT_MODES = ("fp32", "bf16", "int8")
@@ -484,6 +485,10 @@ def build_stepper(model: CharRNN, weights: str = "fp32", cuda_graph: bool = Fals
     modes = available_weight_modes(device) if fast else ["fp32"]
     if weights not in modes:
         raise CharRNNError(_mode_error(weights, modes, device, model.cfg.model, fast))
+    if weights == "int8":  # NaN or inf has no int8 scale: fbgemm would step NaN silently
+        bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise int8_nonfinite_error(bad)
     if cls is None:
         return ModelStepper(model)
     stepper = cls(model, weights)

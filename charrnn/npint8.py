@@ -30,7 +30,8 @@ from __future__ import annotations
 import numpy as np
 
 from charrnn.config import ModelConfig
-from charrnn.npsample import _GATES, NumpyNet
+from charrnn.limits import int8_nonfinite_error
+from charrnn.npsample import _GATES, NumpyNet, nonfinite_arrays
 
 try:
     import numba
@@ -299,6 +300,8 @@ class Int8Dense:
 
     def __init__(self, weight: np.ndarray) -> None:
         weight = np.asarray(weight, dtype=np.float32)
+        if not np.isfinite(weight).all():  # NaN or inf has no int8 scale
+            raise int8_nonfinite_error(["a weight matrix"])
         n_rows, k_len = weight.shape
         amax = np.abs(weight).max(axis=1) if k_len else np.zeros(n_rows, np.float32)
         self.scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
@@ -330,6 +333,9 @@ class Int8Net(NumpyNet):
     product = Int8Dense
 
     def __init__(self, cfg: ModelConfig, w: dict[str, np.ndarray]) -> None:
+        bad = nonfinite_arrays(w)
+        if bad:
+            raise int8_nonfinite_error(bad)
         super().__init__(cfg, w)
         # Per further layer, its bias as a one-row table read at row 0 (the first layer
         # reads its folded input table at the symbol's row).

@@ -8,9 +8,10 @@ that admits tensors and plain data only, as `torch.load(weights_only=True)` does
 and steps the network with NumPy's BLAS, so the first character appears in well
 under a second.
 
-`load` returns None for anything it does not handle (another kind, a damaged or
-unfamiliar file, tensors that do not fit the config): the torch path then takes
-over with its own checks and error messages.
+`load` reads the file through charrnn.ptfile (the checks both readers share: what
+each member may cost, every field's type) and returns None for anything it does not
+handle (another kind, a damaged or unfamiliar file, tensors that do not fit the
+config): the torch path then takes over with its own checks and error messages.
 
 The step is the arithmetic of charrnn.fastpath.FusedStepper (embedding folded
 into the first layer's input projection, one matmul over [input, h] for each
@@ -21,27 +22,22 @@ both engines write the same characters.
 
 from __future__ import annotations
 
-import pickle
-import zipfile
-from dataclasses import dataclass
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from charrnn.config import FORMAT_VERSION, FUSED_MODELS, ModelConfig, SampleConfig, from_dict
+from charrnn import ptfile
+from charrnn.config import FUSED_MODELS, ModelConfig, SampleConfig
 from charrnn.errors import CharRNNError
+from charrnn.limits import TooLargeError
 from charrnn.vocab import Vocab
 
 # Longest prime the numpy path steps through before `--engine auto` prefers torch, whose
 # fused forward reads a long prime in one pass (stepping costs ~1 ms a character for 2x512).
 MAX_PRIME = 1000
 _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-_STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
-    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
-}
 
 
 def sampling_context(prime: str, vocab: Vocab) -> str:
@@ -75,85 +71,20 @@ class StopTail:
 # Reading a checkpoint without torch
 
 
-@dataclass(frozen=True)
-class _Storage:
-    key: str
-    dtype: Any
-
-
-@dataclass(frozen=True)
-class _TensorRef:
-    """A tensor in the archive, read only when asked for (optimizer moments never are)."""
-
-    storage: _Storage
-    offset: int
-    shape: tuple[int, ...]
-    stride: tuple[int, ...]
-
-
-def _rebuild_tensor(storage: _Storage, offset: int, shape: tuple, stride: tuple, *_: Any) -> _TensorRef:
-    return _TensorRef(storage, int(offset), tuple(shape), tuple(stride))
-
-
-class _StorageType:
-    def __init__(self, dtype: Any) -> None:
-        self.dtype = dtype
-
-
-class _Unpickler(pickle.Unpickler):
-    """Admits tensors, storages and plain containers; any other global is refused."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "torch._utils" and name == "_rebuild_tensor_v2":
-            return _rebuild_tensor
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(_STORAGE_DTYPES[name])
-        if module == "collections" and name == "OrderedDict":
-            return dict
-        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
-
-    def persistent_load(self, pid: Any) -> _Storage:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType)):
-            raise pickle.UnpicklingError("unsupported storage record")
-        return _Storage(str(pid[2]), pid[1].dtype)
-
-
-class _Archive:
-    """A checkpoint file: its pickled payload and access to the tensors it refers to."""
-
-    def __init__(self, archive: zipfile.ZipFile) -> None:
-        self.zip = archive
-        pickles = [n for n in self.zip.namelist() if n.endswith("/data.pkl")]
-        if len(pickles) != 1:
-            raise ValueError("not a torch zip archive")
-        self.prefix = pickles[0][: -len("data.pkl")]
-        order = self._read_optional("byteorder")
-        if order not in (None, b"little") or np.little_endian is False:
-            raise ValueError("byte order differs from this machine")
-        with self.zip.open(pickles[0]) as f:
-            self.payload = _Unpickler(f).load()
-
-    def _read_optional(self, name: str) -> bytes | None:
-        try:
-            return self.zip.read(self.prefix + name)
-        except KeyError:
-            return None
-
-    def array(self, ref: _TensorRef) -> np.ndarray:
-        """The tensor as a new contiguous float32 array (other dtypes are refused)."""
-        if ref.storage.dtype is not np.float32:
-            raise ValueError("not a float32 tensor")
-        buffer = np.frombuffer(self.zip.read(f"{self.prefix}data/{ref.storage.key}"), dtype=np.float32)
-        shape, stride = ref.shape, ref.stride
-        if len(shape) != len(stride) or ref.offset < 0 or any(n < 0 for n in shape) or any(s < 0 for s in stride):
-            raise ValueError("malformed tensor record")
-        if all(shape) and ref.offset + sum((n - 1) * s for n, s in zip(shape, stride)) >= buffer.size:
-            raise ValueError("tensor lies outside its storage")
-        view = np.lib.stride_tricks.as_strided(
-            buffer[ref.offset :], shape=shape, strides=[s * 4 for s in stride], writeable=False
-        )
-        return np.ascontiguousarray(view, dtype=np.float32)
+def read_array(archive: ptfile.Archive, ref: ptfile.TensorRecord) -> np.ndarray:
+    """The tensor as a new contiguous float32 array; other dtypes raise ValueError, and so does
+    a record outside its storage (open_archive refuses those already: checked again here)."""
+    if ref.dtype != "float32":
+        raise ValueError("not a float32 tensor")
+    buffer = np.frombuffer(archive.read(ref.storage), dtype=np.float32)
+    if len(ref.shape) != len(ref.stride) or min((ref.offset, *ref.shape, *ref.stride)) < 0:
+        raise ValueError("malformed tensor record")
+    if ref.extent() > buffer.size:
+        raise ValueError("tensor lies outside its storage")
+    view = np.lib.stride_tricks.as_strided(
+        buffer[ref.offset :], shape=ref.shape, strides=[s * 4 for s in ref.stride], writeable=False
+    )
+    return np.ascontiguousarray(view, dtype=np.float32)
 
 
 def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -169,34 +100,52 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 def load(path: Path, weights: str = "fp32") -> tuple[NumpyNet, Vocab] | None:
     """The network and vocabulary of checkpoint `path`, its products in `weights` (fp32 or
-    int8), or None when this path cannot serve it (then `charrnn.checkpoint.load_checkpoint`
-    reads it, or says what is wrong)."""
+    int8), or None when this path cannot serve it (another kind, a damaged or unfamiliar
+    file: then `charrnn.checkpoint.load_checkpoint` reads it, or says what is wrong).
+
+    Raises CharRNNError for a file that declares more bytes than its tensors need or more
+    than this machine has (charrnn.limits.TooLargeError: torch would refuse it too, after a
+    3 s import), and for weights the engine cannot run (int8 of non-finite weights). The
+    returned network's `nonfinite` names the weights holding NaN or infinity.
+    """
     try:
-        with zipfile.ZipFile(path) as archive_zip:
-            return _load(_Archive(archive_zip), weights)
-    except (OSError, EOFError, KeyError, ValueError, TypeError, AttributeError, IndexError,
-            pickle.UnpicklingError, zipfile.BadZipFile, CharRNNError):
+        with open(path, "rb") as f:
+            archive = ptfile.open_archive(f, str(path))
+            loaded = _read(archive, ptfile.read_fields(archive.payload, str(path)))
+    except TooLargeError:
+        raise
+    except MemoryError:
+        raise _out_of_memory(path)
+    except Exception:  # noqa: BLE001 - damaged or unfamiliar: the torch path reads it or says why
         return None
+    if loaded is None:
+        return None
+    cfg, arrays, vocab = loaded
+    try:
+        return make_net(cfg, arrays, weights), vocab
+    except MemoryError:
+        raise _out_of_memory(path)
 
 
-def _load(archive: _Archive, weights: str) -> tuple[NumpyNet, Vocab] | None:
-    """What `load` returns, from an opened archive; raises on a malformed one."""
-    data = archive.payload
-    if not isinstance(data, dict) or data.get("format") not in range(1, FORMAT_VERSION + 1):
-        return None
-    cfg = from_dict(ModelConfig, data["model_config"], data["format"])
-    vocab = Vocab.from_dict(data["vocab"])
-    state = data["model"]
+def _out_of_memory(path: Path) -> TooLargeError:
+    return TooLargeError(f"reading checkpoint '{path}' ran out of memory: free some, or load it on a larger machine.")
+
+
+def _read(archive: ptfile.Archive, fields: ptfile.Fields) -> tuple[ModelConfig, dict[str, np.ndarray], Vocab] | None:
+    """(config, weights, vocabulary) of a checked archive, or None for a kind or layout this
+    engine does not serve."""
+    cfg, state = fields.model_config, archive.payload["model"]
     expected = _expected_shapes(cfg) if cfg.model in FUSED_MODELS else None
-    if expected is None or len(vocab) != cfg.vocab_size or not isinstance(state, dict) or set(state) != set(expected):
+    if expected is None or set(state) != set(expected) or archive.byteorder != sys.byteorder:
         return None
-    arrays = {}
-    for name, shape in expected.items():
-        ref = state[name]
-        if not isinstance(ref, _TensorRef) or ref.shape != shape:
-            return None
-        arrays[name] = archive.array(ref)
-    return make_net(cfg, arrays, weights), vocab
+    if any(state[name].shape != shape for name, shape in expected.items()):
+        return None
+    return cfg, {name: read_array(archive, ref) for name, ref in state.items()}, fields.vocab  # file order
+
+
+def nonfinite_arrays(w: dict[str, np.ndarray]) -> list[str]:
+    """Names of the arrays holding NaN or infinity, in order."""
+    return [name for name, a in w.items() if not np.isfinite(a).all()]
 
 
 # --------------------------------------------------------------------------------------
@@ -224,6 +173,7 @@ class Dense:
         return np.dot(x, self.w_t, out=out)
 
 
+@np.errstate(all="ignore")  # NaN from non-finite weights: the caller warns once
 def make_net(cfg: ModelConfig, w: dict[str, np.ndarray], weights: str = "fp32") -> NumpyNet:
     """The NumPy network for a weight mode: fp32 here, int8 in charrnn.npint8 (needs numba)."""
     if weights == "fp32":
@@ -249,6 +199,7 @@ class NumpyNet:
 
     def __init__(self, cfg: ModelConfig, w: dict[str, np.ndarray]) -> None:
         product = self.product
+        self.nonfinite = nonfinite_arrays(w)  # the caller warns: such a network samples noise
         self.cfg = cfg
         self.kind = cfg.model
         H = self.hidden = cfg.hidden_size
@@ -351,6 +302,7 @@ class NumpyNet:
         return (out,)
 
 
+@np.errstate(all="ignore")  # NaN from non-finite weights: the caller warns once
 def score(net: NumpyNet, tokens: np.ndarray, batch_size: int, seq_len: int) -> float:
     """Mean cross-entropy (nats/char) of `tokens` through `net.step`, state carried across
     chunks: the streams and chunks of charrnn.training.evaluate, on the step that samples."""
@@ -399,6 +351,7 @@ def draw(logits: np.ndarray, cfg: SampleConfig, rng: np.random.Generator) -> np.
     return (np.exp(z) / rng.standard_exponential(z.shape)).argmax(-1)
 
 
+@np.errstate(all="ignore")  # NaN from non-finite weights: the caller warns once
 def generate(net: NumpyNet, vocab: Vocab, prime: str, cfg: SampleConfig, emit: Callable[[str], None]) -> str:
     """As charrnn.sampling.generate, on the NumPy step: `cfg.length` characters after `prime`."""
     state = net.zero_state(1)
@@ -413,6 +366,7 @@ def generate(net: NumpyNet, vocab: Vocab, prime: str, cfg: SampleConfig, emit: C
     return draw_text(logits, step, vocab, cfg, emit)
 
 
+@np.errstate(all="ignore")  # NaN from non-finite weights: the caller warns once
 def draw_text(
     logits: np.ndarray,
     step: Callable[[np.ndarray], np.ndarray],

@@ -26,6 +26,7 @@ from charrnn.distributed import Dist
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, State, detach_state
 from charrnn.files import atomic_write_text, os_error
+from charrnn.limits import check_memory, model_nbytes_for_training
 from charrnn.runs import RunLock, RunPaths, append_event, keep_events_until
 
 BAD_STEPS_BEFORE_ROLLBACK = 3  # consecutive non-finite steps before rolling back
@@ -179,6 +180,8 @@ class Trainer:
             by_epochs = math.ceil(train_cfg.epochs * self.batcher.steps_per_epoch)
             self.total_steps = min(self.total_steps or by_epochs, by_epochs)
 
+        check_memory(model_nbytes_for_training(model_cfg),
+                     f"training a {model_cfg.num_layers}x{model_cfg.hidden_size} {model_cfg.model}")
         torch.manual_seed(train_cfg.seed)
         self.model = CharRNN(model_cfg).to(self.device)
         self.net = self.dist.wrap(self.model)  # trains through DDP when distributed; self.model otherwise
@@ -211,6 +214,16 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------------------
     def _restore(self, ckpt: Checkpoint) -> None:
+        try:
+            self._restore_state(ckpt)
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+            detail = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+            raise CharRNNError(
+                f"checkpoint '{ckpt.path}' cannot be resumed: its training state is damaged ({detail}); "
+                "resume from another checkpoint of the run (best.pt or a kept step-N.pt)."
+            ) from None
+
+    def _restore_state(self, ckpt: Checkpoint) -> None:
         self.model.load_state_dict(ckpt.model_state)
         if ckpt.optimizer_state is not None:
             self.optimizer.load_state_dict(ckpt.optimizer_state)
@@ -223,7 +236,9 @@ class Trainer:
         self.last_val = float(p.get("last_val", math.inf))
         self.stale_evals = int(p.get("stale_evals", 0))
         self.spent = float(p.get("spent", 0.0))
-        if ckpt.hidden is not None and all(h.shape[1] == self.cfg.batch_size for h in ckpt.hidden):
+        # The carried streams' state, when it fits this model and batch (else the streams start at zero).
+        zero = self.model.init_state(self.cfg.batch_size, torch.device("cpu"))
+        if ckpt.hidden is not None and [tuple(h.shape) for h in ckpt.hidden] == [tuple(z.shape) for z in zero]:
             self.state = self.dist.shard_state(tuple(h.to(self.device) for h in ckpt.hidden))
         _set_rng_state(self.dist.rank_rng(ckpt.rng), self.device)
 
