@@ -124,20 +124,32 @@ def race(tmp: Path, corpus: Path) -> dict:
 
 
 def prepare_kills(tmp: Path, corpus: Path, n: int, seed: int) -> dict:
+    """Kill prepares mid-encode; each next prepare must clear the one before's temp folder."""
+    import shutil
+
     rng = random.Random(seed)
     data = tmp / "prep"
+    cache = data / "cache"
+    temp_seen, left_behind, completed = 0, 0, 0
     for _ in range(n):
+        for done in (p for p in cache.glob("[!.]*") if p.is_dir()) if cache.exists() else ():
+            shutil.rmtree(done)  # a finished cache: remove it so that the next prepare encodes again
+            completed += 1
         proc = charrnn("prepare", str(corpus), "--data-dir", str(data), tmp=tmp)
-        time.sleep(rng.uniform(0.5, 6.0))
+        while proc.poll() is None and not (cache.exists() and any(p.is_dir() for p in cache.glob(".*"))):
+            time.sleep(0.01)  # until this prepare starts encoding into its temp folder
+        time.sleep(rng.uniform(0.0, 1.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    leftovers_before = sum(1 for p in (data / "cache").glob(".*")) if (data / "cache").exists() else 0
+        temps = [p for p in cache.glob(".*") if p.is_dir()] if cache.exists() else []
+        temp_seen += len(temps)
     t0 = time.perf_counter()
     proc = charrnn("prepare", str(corpus), "--data-dir", str(data), tmp=tmp)
     code = proc.wait()
-    return {"kills": n, "leftovers_before_next_prepare": leftovers_before, "next_prepare_exit": code,
-            "next_prepare_s": round(time.perf_counter() - t0, 1),
-            "leftovers_after": sum(1 for p in (data / "cache").glob(".*")),
+    left_behind = sum(1 for p in cache.glob(".*") if p.is_dir())
+    return {"kills": n, "temp_folders_left_by_kills": temp_seen, "prepares_that_finished_before_the_kill": completed,
+            "next_prepare_exit": code, "next_prepare_s": round(time.perf_counter() - t0, 1),
+            "temp_folders_after_next_prepare": left_behind,
             "notes": [line for line in proc.stderr.read().splitlines() if line]}
 
 
@@ -162,7 +174,9 @@ def inflated(tmp: Path, gib: float) -> dict:
             if info.filename != target:
                 dst.writestr(info, src.read(info.filename))
                 continue
-            with dst.open(zipfile.ZipInfo(target), "w", force_zip64=True) as out:
+            member = zipfile.ZipInfo(target)
+            member.compress_type = zipfile.ZIP_DEFLATED
+            with dst.open(member, "w", force_zip64=True) as out:
                 zeros = bytes(2**24)
                 for _ in range(int(gib * 2**30) // len(zeros)):
                     out.write(zeros)
@@ -187,6 +201,8 @@ def main() -> None:
     parser.add_argument("--corpus-mb", type=int, default=300)
     parser.add_argument("--inflated-gib", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="*", default=["inflated", "kills", "race", "prepare"],
+                        help="parts to run")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="charrnn-trust-") as name:
@@ -200,6 +216,8 @@ def main() -> None:
                           ("kills", lambda: kills(tmp, small, args.kills, args.seed)),
                           ("race", lambda: race(tmp, big)),
                           ("prepare", lambda: prepare_kills(tmp, big, args.prepare_kills, args.seed))):
+            if name not in args.only:
+                continue
             t0 = time.perf_counter()
             result[name] = job()
             result[name]["wall_s"] = round(time.perf_counter() - t0, 1)
