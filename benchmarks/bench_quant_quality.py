@@ -20,12 +20,14 @@ from pathlib import Path
 
 import torch
 
-from charrnn import npint8, npsample
+from charrnn.sample import numpy_int8 as npint8
+
+from charrnn.sample import numpy_engine as npsample
 from charrnn.checkpoint import build_model, load_checkpoint
 from charrnn.config import SampleConfig
-from charrnn.corpus import prepare, split
-from charrnn.fastpath import available_weight_modes, build_stepper
-from charrnn.sampling import generate, score_with_stepper
+from charrnn.data.corpus import prepare, split
+from charrnn.sample.fast_step import available_weight_modes, build_stepper
+from charrnn.sample.torch_engine import generate, score_with_stepper
 
 
 def main() -> None:

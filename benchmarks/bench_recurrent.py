@@ -21,7 +21,7 @@ from datetime import date
 import torch
 
 from charrnn.config import MODELS, ModelConfig
-from charrnn.model import CharRNN, count_parameters
+from charrnn.models.charrnn import CharRNN, count_parameters
 
 # issue 8: minimum throughput relative to the fused LSTM
 TARGETS = {"peephole-lstm": 0.5, "gf-rnn": 0.35, "gf-gru": 0.35, "gf-lstm": 0.35}

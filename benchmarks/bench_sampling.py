@@ -8,12 +8,12 @@ the steps alone. Methods:
 
     naive   model(x[:, None], state): one step through the model's own forward
             (torch's nn.LSTM/GRU/RNN for the fused kinds, the TorchScript loop of
-            charrnn.recurrent for the others)
-    fp32 / bf16 / int8   charrnn.fastpath.build_stepper(model, weights)
-    numpy   charrnn.npsample: the torch-free step `charrnn sample` uses on the CPU
+            charrnn.models.custom for the others)
+    fp32 / bf16 / int8   charrnn.sample.fast_step.build_stepper(model, weights)
+    numpy   charrnn.sample.numpy_engine: the torch-free step `charrnn sample` uses on the CPU
             (lstm/gru/rnn), with its own draw; one BLAS thread, as there
             (OPENBLAS_NUM_THREADS), whatever --threads says
-    numpy-int8   the same step with int8 weights (charrnn.npint8's compiled
+    numpy-int8   the same step with int8 weights (charrnn.sample.numpy_int8's compiled
             product, one thread): what `charrnn sample --weights int8` runs
     limit   the fp32 fast step's matmuls alone, on its very weights: the table
             gather, one matmul per linear of the step and the head, with no
@@ -48,10 +48,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from charrnn import npint8, npsample
+from charrnn.sample import numpy_int8 as npint8
+
+from charrnn.sample import numpy_engine as npsample
 from charrnn.config import FUSED_MODELS, ModelConfig, SampleConfig
-from charrnn.fastpath import FastStepper, available_weight_modes, build_stepper
-from charrnn.model import CharRNN, State
+from charrnn.sample.fast_step import FastStepper, available_weight_modes, build_stepper
+from charrnn.models.charrnn import CharRNN, State
 
 StepFn = Callable[[Tensor, State], tuple[Tensor, State]]
 TEMPERATURE = 0.8
@@ -78,7 +80,7 @@ def make_loop(step: StepFn, model: CharRNN, streams: int, draw: bool) -> Callabl
 
 
 def numpy_loop(model: CharRNN, streams: int, draw: bool, weights: str = "fp32") -> Callable[[int], None]:
-    """As make_loop, on charrnn.npsample's step and draw (the model's weights as arrays)."""
+    """As make_loop, on charrnn.sample.numpy_engine's step and draw (the model's weights as arrays)."""
     arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     net = npsample.make_net(model.cfg, arrays, weights)
     rng = np.random.default_rng(0)

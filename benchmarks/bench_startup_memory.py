@@ -64,8 +64,8 @@ def make_run(runs_dir: Path) -> None:
 
     from charrnn.checkpoint import Checkpoint, save_checkpoint
     from charrnn.config import ModelConfig, TrainConfig
-    from charrnn.model import CharRNN
-    from charrnn.vocab import build_vocab
+    from charrnn.models.charrnn import CharRNN
+    from charrnn.data.vocab import build_vocab
 
     vocab = build_vocab("".join(chr(c) for c in range(32, 97)) + "\n")
     cfg = ModelConfig(vocab_size=len(vocab), num_layers=2, hidden_size=512)

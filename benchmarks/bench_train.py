@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.corpus import prepare
+from charrnn.data.corpus import prepare
 from charrnn.runs import RunPaths
-from charrnn.training import Trainer
+from charrnn.train.loop import Trainer
 
 VOCAB = 65
 

@@ -160,8 +160,8 @@ def inflated(tmp: Path, gib: float) -> dict:
 
     from charrnn.checkpoint import Checkpoint, save_checkpoint
     from charrnn.config import ModelConfig, TrainConfig
-    from charrnn.model import CharRNN
-    from charrnn.vocab import build_vocab
+    from charrnn.models.charrnn import CharRNN
+    from charrnn.data.vocab import build_vocab
 
     vocab = build_vocab("abcdefgh \n")
     cfg = ModelConfig(vocab_size=len(vocab), num_layers=1, hidden_size=8)

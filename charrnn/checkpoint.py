@@ -19,9 +19,9 @@ from charrnn.config import FORMAT_VERSION, ModelConfig, TrainConfig, printable
 from charrnn.errors import CharRNNError
 from charrnn.files import atomic_write
 from charrnn.limits import TooLargeError, check_memory, model_nbytes
-from charrnn.model import CharRNN
+from charrnn.models.charrnn import CharRNN
 from charrnn.ptfile import open_archive, read_fields
-from charrnn.vocab import Vocab
+from charrnn.data.vocab import Vocab
 
 __all__ = ["FORMAT_VERSION", "Checkpoint", "atomic_write", "build_model", "load_checkpoint", "nonfinite_tensors",
            "save_checkpoint"]

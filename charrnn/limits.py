@@ -34,7 +34,7 @@ class TooLargeError(CharRNNError):
 
 
 def parameter_count(cfg: ModelConfig) -> int:
-    """Parameters of charrnn.model.CharRNN(cfg), from the config (tests compare every kind)."""
+    """Parameters of charrnn.models.charrnn.CharRNN(cfg), from the config (tests compare every kind)."""
     V, E, H, L = cfg.vocab_size, cfg.embedding_size, cfg.hidden_size, cfg.num_layers
     total = V * E + V * H + V  # embedding, head weight and bias
     if cfg.model in FUSED_MODELS:
@@ -42,7 +42,7 @@ def parameter_count(cfg: ModelConfig) -> int:
         return total + G * (E + H + 2) + (L - 1) * G * (2 * H + 2)
     if cfg.model == "peephole-lstm":  # weight_ih, weight_hh, bias (4H rows), 3 peephole rows
         return total + 4 * H * (E + H + 1) + 3 * H + (L - 1) * (4 * H * (2 * H + 1) + 3 * H)
-    units, own = _GF_BLOCKS[cfg.model]  # see charrnn.recurrent.GatedFeedbackStack
+    units, own = _GF_BLOCKS[cfg.model]  # see charrnn.models.custom.GatedFeedbackStack
     K = units * H + L
     total += K * E + (L - 1) * H * K + L * K + L * H * (own * H + L * H + L * L)
     return total + (L * H if cfg.model == "gf-gru" else 0)

@@ -8,7 +8,7 @@
     archive/byteorder, version, .format_version, ...   a few bytes each
 
 Both readers open the file here first: charrnn.checkpoint before `torch.load`, and
-charrnn.npsample instead of torch. `open_archive` unpickles data.pkl admitting tensors,
+charrnn.sample.numpy_engine instead of torch. `open_archive` unpickles data.pkl admitting tensors,
 storages and plain containers only (as `torch.load(weights_only=True)` does; the
 pure-Python unpickler, whose memo is a dict: the C one sizes its memo by the largest index
 the file names), then gives every member a budget before any member is read:
@@ -35,7 +35,7 @@ from typing import IO, Any, ClassVar
 from charrnn.config import FORMAT_VERSION, ModelConfig, TrainConfig, from_dict, printable
 from charrnn.errors import CharRNNError
 from charrnn.limits import TooLargeError, check_memory, format_bytes
-from charrnn.vocab import Vocab
+from charrnn.data.vocab import Vocab
 
 # data.pkl holds configs, the vocabulary (at most 0x110000 symbols: 4.5 MB) and a few records.
 MAX_PICKLE = 8 << 20

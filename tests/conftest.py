@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-# numba keeps compiled kernels beside charrnn/npint8.py; the tests keep theirs in a temporary folder.
+# numba keeps compiled kernels beside charrnn/sample/numpy_int8.py; the tests keep theirs in a temporary folder.
 os.environ.setdefault("NUMBA_CACHE_DIR", tempfile.mkdtemp(prefix="charrnn-numba-"))
 torch.set_num_threads(1)  # tiny models: one thread is fastest and keeps CI steady
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn.activations import (
+from charrnn.neurons.activations import (
     Chunk,
     Recorder,
     activation_kinds,
@@ -23,10 +23,10 @@ from charrnn.activations import (
 )
 from charrnn.config import ModelConfig
 from charrnn.errors import CharRNNError
-from charrnn.features import FEATURES, compute_feature, compute_features
-from charrnn.model import CharRNN, FusedStack
-from charrnn.unitstats import GateCounts, Moments, UnitScan, rank_units, summarise_gates
-from charrnn.vocab import build_vocab
+from charrnn.neurons.features import FEATURES, compute_feature, compute_features
+from charrnn.models.charrnn import CharRNN, FusedStack
+from charrnn.neurons.unitstats import GateCounts, Moments, UnitScan, rank_units, summarise_gates
+from charrnn.data.vocab import build_vocab
 
 KINDS = {
     "lstm": ["input", "forget", "output", "cell", "hidden"],
@@ -301,7 +301,7 @@ def test_check_selection_errors() -> None:
     ],
 )
 def test_stacks_that_report_their_own_activations(kind: str, kinds: list[str]) -> None:
-    pytest.importorskip("charrnn.recurrent")
+    pytest.importorskip("charrnn.models.custom")
     model = tiny_model(kind)
     found = activation_kinds(model)
     assert sorted(found) == sorted(kinds)

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn.batching import StreamBatcher, eval_chunks
+from charrnn.data.batching import StreamBatcher, eval_chunks
 from charrnn.config import ModelConfig
 from charrnn.errors import CharRNNError
-from charrnn.model import CharRNN
+from charrnn.models.charrnn import CharRNN
 
 
 def test_streams_continue_step_to_step() -> None:

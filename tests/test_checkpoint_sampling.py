@@ -8,10 +8,10 @@ import torch
 from charrnn.checkpoint import FORMAT_VERSION, Checkpoint, build_model, load_checkpoint, save_checkpoint
 from charrnn.config import ModelConfig, SampleConfig, TrainConfig
 from charrnn.errors import CharRNNError
-from charrnn.model import CharRNN
-from charrnn.npsample import draw
-from charrnn.sampling import generate
-from charrnn.vocab import build_vocab
+from charrnn.models.charrnn import CharRNN
+from charrnn.sample.numpy_engine import draw
+from charrnn.sample.torch_engine import generate
+from charrnn.data.vocab import build_vocab
 
 VOCAB = build_vocab("abcdefgh \n")
 

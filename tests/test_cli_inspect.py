@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 
 from charrnn.checkpoint import Checkpoint, save_checkpoint
 from charrnn.cli import handle_errors
-from charrnn.cli_inspect import register
+from charrnn.cli.neurons import register
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.model import CharRNN, FusedStack
-from charrnn.vocab import Vocab, build_vocab
+from charrnn.models.charrnn import CharRNN, FusedStack
+from charrnn.data.vocab import Vocab, build_vocab
 
 
 def make_dialogue(n_chars: int, seed: int = 0) -> str:
@@ -169,7 +169,7 @@ def test_help(command: str) -> None:
 
 
 def test_importing_the_commands_does_not_import_torch() -> None:
-    code = "import sys, charrnn.cli_inspect; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, charrnn.cli.neurons; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

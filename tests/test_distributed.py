@@ -32,15 +32,15 @@ import torch
 from conftest import make_text
 from typer.testing import CliRunner
 
-from charrnn.batching import StreamBatcher
+from charrnn.data.batching import StreamBatcher
 from charrnn.checkpoint import load_checkpoint
 from charrnn.cli import app
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.corpus import prepare
-from charrnn.distributed import Dist, ShardedBatcher, torchrun_command
+from charrnn.data.corpus import prepare
+from charrnn.train.distributed import Dist, ShardedBatcher, torchrun_command
 from charrnn.errors import CharRNNError
 from charrnn.runs import RunPaths, read_metrics
-from charrnn.training import Trainer
+from charrnn.train.loop import Trainer
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="loopback gloo test on Linux")
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from charrnn import corpus as corpus_mod
+from charrnn.data import corpus as corpus_mod
 from charrnn.cli import app
-from charrnn.corpus import BuiltinCorpus, fetch_builtin
+from charrnn.data.corpus import BuiltinCorpus, fetch_builtin
 from charrnn.errors import CharRNNError
 from conftest import SHARED_CORPUS
 

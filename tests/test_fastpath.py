@@ -11,20 +11,20 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from charrnn import fastpath
+from charrnn.sample import fast_step as fastpath
 from charrnn.config import ModelConfig
 from charrnn.errors import CharRNNError
-from charrnn.fastpath import (
+from charrnn.sample.fast_step import (
     FastStepper,
     ModelStepper,
     Stepper,
     available_weight_modes,
     build_stepper,
 )
-from charrnn.model import CharRNN, FusedStack, State
+from charrnn.models.charrnn import CharRNN, FusedStack, State
 
 KINDS = ("lstm", "gru", "rnn")
-# Kinds of charrnn.recurrent, with their own hand-written steps.
+# Kinds of charrnn.models.custom, with their own hand-written steps.
 CUSTOM_KINDS = ("peephole-lstm", "gf-rnn", "gf-gru", "gf-lstm")
 ALL_KINDS = KINDS + CUSTOM_KINDS
 VOCAB = 11
@@ -161,8 +161,8 @@ def test_nothing_reaches_stderr_in_a_fresh_process() -> None:
     code = (
         "import torch\n"
         "from charrnn.config import ModelConfig\n"
-        "from charrnn.model import CharRNN\n"
-        "from charrnn.fastpath import build_stepper, available_weight_modes\n"
+        "from charrnn.models.charrnn import CharRNN\n"
+        "from charrnn.sample.fast_step import build_stepper, available_weight_modes\n"
         "m = CharRNN(ModelConfig(vocab_size=5, num_layers=2, hidden_size=8)).eval()\n"
         "for w in available_weight_modes('cpu'):\n"
         "    s = build_stepper(m, w)\n"

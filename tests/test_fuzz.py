@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from charrnn.checkpoint import Checkpoint, save_checkpoint
 from charrnn.cli import app
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.corpus import prepare
+from charrnn.data.corpus import prepare
 from charrnn.errors import CharRNNError
-from charrnn.model import CharRNN
-from charrnn.vocab import build_vocab
+from charrnn.models.charrnn import CharRNN
+from charrnn.data.vocab import build_vocab
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

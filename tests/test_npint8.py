@@ -6,7 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charrnn import npint8, npsample
+from charrnn.sample import numpy_int8 as npint8
+
+from charrnn.sample import numpy_engine as npsample
 from charrnn.cli import app
 from test_npsample import saved_model
 

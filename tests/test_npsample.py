@@ -13,14 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn import cli, npsample, ptfile
+from charrnn import cli, ptfile
+
+from charrnn.sample import numpy_engine as npsample
 from charrnn.checkpoint import Checkpoint, save_checkpoint
 from charrnn.cli import app
 from charrnn.config import ModelConfig, SampleConfig, TrainConfig
-from charrnn.fastpath import ModelStepper, build_stepper
-from charrnn.model import CharRNN
-from charrnn.sampling import generate
-from charrnn.vocab import build_vocab
+from charrnn.sample.fast_step import ModelStepper, build_stepper
+from charrnn.models.charrnn import CharRNN
+from charrnn.sample.torch_engine import generate
+from charrnn.data.vocab import build_vocab
 
 VOCAB = build_vocab("abcdefgh \n")
 

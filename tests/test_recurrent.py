@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import Tensor
 
-from charrnn import recurrent
+from charrnn.models import custom as recurrent
 from charrnn.config import MODELS, ModelConfig
-from charrnn.model import CharRNN, FusedStack
-from charrnn.recurrent import GatedFeedbackStack, PeepholeLSTMStack
+from charrnn.models.charrnn import CharRNN, FusedStack
+from charrnn.models.custom import GatedFeedbackStack, PeepholeLSTMStack
 
 NEW_KINDS = ("peephole-lstm", "gf-rnn", "gf-gru", "gf-lstm")
 GF_PLAIN = {"gf-rnn": "rnn", "gf-gru": "gru", "gf-lstm": "lstm"}

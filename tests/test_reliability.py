@@ -19,11 +19,11 @@ from charrnn import files as files_mod
 from charrnn.checkpoint import build_model, load_checkpoint
 from charrnn.cli import app
 from charrnn.config import ModelConfig, SampleConfig, TrainConfig
-from charrnn.corpus import prepare
+from charrnn.data.corpus import prepare
 from charrnn.errors import CharRNNError
 from charrnn.runs import RunPaths, read_metrics
-from charrnn.sampling import generate
-from charrnn.training import Trainer
+from charrnn.sample.torch_engine import generate
+from charrnn.train.loop import Trainer
 from conftest import TINY_TRAIN
 from test_cli import one_line_error
 

@@ -8,8 +8,8 @@ from torch import Tensor, nn
 
 from charrnn.config import ModelConfig
 from charrnn.errors import CharRNNError
-from charrnn.model import CharRNN
-from charrnn.tasks import (
+from charrnn.models.charrnn import CharRNN
+from charrnn.data.tasks import (
     _TASKS,
     TASKS,
     _probes,
@@ -19,7 +19,7 @@ from charrnn.tasks import (
     majority_baseline,
     task_vocab,
 )
-from charrnn.vocab import Vocab, build_vocab
+from charrnn.data.vocab import Vocab, build_vocab
 
 
 def check_line(task: str, line: str) -> int:

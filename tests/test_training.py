@@ -7,10 +7,10 @@ import torch
 
 from charrnn.checkpoint import build_model, load_checkpoint
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.corpus import prepare
-from charrnn.model import CharRNN
+from charrnn.data.corpus import prepare
+from charrnn.models.charrnn import CharRNN
 from charrnn.runs import RunPaths, read_metrics
-from charrnn.training import Trainer, lr_at
+from charrnn.train.loop import Trainer, lr_at
 
 
 def parity_text(n_lines: int, bits: int, seed: int) -> str:

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from test_cli import one_line_error
 
 from charrnn.cli import app
-from charrnn.corpus import fetch_builtin, prepare, read_text, resolve_corpus
+from charrnn.data.corpus import fetch_builtin, prepare, read_text, resolve_corpus
 from charrnn.errors import CharRNNError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,7 +202,7 @@ def test_any_bytes_in_the_cache_give_a_valid_corpus_or_one_error(tmp_path_factor
 
 def test_a_cache_another_process_published_first_is_kept_when_sound_and_replaced_when_not(tmp_path: Path,
                                                                                         corpus: Path) -> None:
-    from charrnn import cache
+    from charrnn.data import cache
 
     data = prepare(corpus, tmp_path / "data")
     folder, ids = the_cache(tmp_path / "data"), np.array(data.tokens)
@@ -389,7 +389,7 @@ def small_builtin(tmp_path: Path, monkeypatch) -> Path:
     """A built-in corpus 'small' served from a file:// URL; returns the served file."""
     import hashlib
 
-    from charrnn import corpus as corpus_mod
+    from charrnn.data import corpus as corpus_mod
 
     body = ("To be, or not to be.\n" * 40).encode()
     served = tmp_path / "served.txt"

@@ -25,14 +25,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from charrnn import npsample
+from charrnn.sample import numpy_engine as npsample
 from charrnn.checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint
 from charrnn.cli import app
 from charrnn.config import MODELS, ModelConfig, SampleConfig, TrainConfig, from_dict
 from charrnn.errors import CharRNNError
 from charrnn.limits import TooLargeError, check_memory, parameter_count
-from charrnn.model import CharRNN, count_parameters
-from charrnn.vocab import Vocab, build_vocab
+from charrnn.models.charrnn import CharRNN, count_parameters
+from charrnn.data.vocab import Vocab, build_vocab
 
 VOCAB = build_vocab("abcdefgh \n")
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -475,7 +475,7 @@ def test_fp32_sampling_of_non_finite_weights_still_exits_0(poisoned: Path) -> No
 
 def test_a_checkpoint_is_checked_and_sampled_without_importing_torch(good: Path) -> None:
     code = (
-        "import sys; from charrnn import ptfile, npsample\n"
+        "import sys; from charrnn import ptfile\nfrom charrnn.sample import numpy_engine as npsample\n"
         f"f = open({str(good)!r}, 'rb'); a = ptfile.open_archive(f, 'x')\n"
         "print(ptfile.read_fields(a.payload, 'x').model_config.hidden_size, npsample.load(f.name) is not None,"
         " 'torch' in sys.modules)"

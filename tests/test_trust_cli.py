@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from charrnn.checkpoint import Checkpoint, save_checkpoint
 from charrnn.cli import app
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.model import CharRNN
-from charrnn.vocab import build_vocab
+from charrnn.models.charrnn import CharRNN
+from charrnn.data.vocab import build_vocab
 from conftest import TINY_TRAIN, make_text
 from test_cli import one_line_error
 

@@ -21,7 +21,7 @@ from charrnn.checkpoint import load_checkpoint
 from charrnn.cli import app
 from charrnn.errors import CharRNNError
 from charrnn.runs import RunLock, RunPaths, read_metrics
-from charrnn.training import Trainer
+from charrnn.train.loop import Trainer
 from conftest import TINY_TRAIN
 from test_cli import one_line_error
 from test_reliability import _tiny_setup

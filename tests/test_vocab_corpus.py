@@ -3,10 +3,10 @@ import random
 import numpy as np
 import pytest
 
-from charrnn import corpus as corpus_mod
-from charrnn.corpus import prepare, read_text, split
+from charrnn.data import corpus as corpus_mod
+from charrnn.data.corpus import prepare, read_text, split
 from charrnn.errors import CharRNNError
-from charrnn.vocab import Vocab, build_vocab, token_dtype
+from charrnn.data.vocab import Vocab, build_vocab, token_dtype
 
 
 def random_unicode(n: int, seed: int) -> str:

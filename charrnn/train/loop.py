@@ -18,13 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charrnn.batching import StreamBatcher, eval_chunks
+from charrnn.data.batching import StreamBatcher, eval_chunks
 from charrnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.corpus import Prepared, split
-from charrnn.distributed import Dist
+from charrnn.data.corpus import Prepared, split
+from charrnn.train.distributed import Dist
 from charrnn.errors import CharRNNError
-from charrnn.model import CharRNN, State, detach_state
+from charrnn.models.charrnn import CharRNN, State, detach_state
 from charrnn.files import atomic_write_text, os_error
 from charrnn.limits import check_memory, model_nbytes_for_training
 from charrnn.runs import RunLock, RunPaths, append_event, keep_events_until

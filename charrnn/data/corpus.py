@@ -2,7 +2,7 @@
 
 `prepare` reads the file in chunks (two passes: hash + vocabulary, then encode), so
 a corpus far larger than memory works. The encoded corpus lives in the prepared-data
-cache (charrnn/cache.py: `<data_dir>/cache/<sha256[:16]>-<encoding>[-v<hash>]/`),
+cache (charrnn/data/cache.py: `<data_dir>/cache/<sha256[:16]>-<encoding>[-v<hash>]/`),
 which is checked against pass 1 every time it is opened and rebuilt when damaged.
 `read_text` (prime and eval text) decodes exactly as `prepare` does.
 """
@@ -25,10 +25,10 @@ from typing import BinaryIO
 
 import numpy as np
 
-from charrnn import cache
+from charrnn.data import cache
 from charrnn.errors import CharRNNError
 from charrnn.files import os_error
-from charrnn.vocab import Vocab, token_dtype, vocab_from_codepoints
+from charrnn.data.vocab import Vocab, token_dtype, vocab_from_codepoints
 
 CHUNK_BYTES = 2 << 20  # bytes read per chunk while preparing (bounds the transient memory)
 

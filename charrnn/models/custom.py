@@ -1,6 +1,6 @@
 """Recurrent stacks beyond torch's fused modules: peephole LSTM and gated-feedback RNNs.
 
-Kinds registered into `charrnn.model.STACKS` on import:
+Kinds registered into `charrnn.models.charrnn.STACKS` on import:
 
 - `peephole-lstm` (Gers & Schmidhuber 2000): the input and forget gates see c(t-1),
   the output gate sees c(t), through per-unit (diagonal) weights.
@@ -33,7 +33,7 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import Tensor, nn
 
-from charrnn import model as _model
+from charrnn.models import charrnn as _model
 from charrnn.config import ModelConfig
 
 State = tuple[Tensor, ...]

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.activations import BOUNDED_KINDS
+from charrnn.neurons.activations import BOUNDED_KINDS
 from charrnn.curves import Curves
 from charrnn.errors import CharRNNError
-from charrnn.unitstats import UnitScore
+from charrnn.neurons.unitstats import UnitScore
 
 # Diverging scale: blue for negative, white at 0, red for positive (ColorBrewer RdBu ends).
 NEGATIVE = (33, 102, 172)

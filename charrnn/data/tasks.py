@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from charrnn.errors import CharRNNError
-from charrnn.model import CharRNN
-from charrnn.vocab import Vocab, build_vocab
+from charrnn.models.charrnn import CharRNN
+from charrnn.data.vocab import Vocab, build_vocab
 
 PREFIX = "task:"
 _MAX_DEPTH = 9  # bracket depth stays a single digit

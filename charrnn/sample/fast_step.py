@@ -15,7 +15,7 @@ a 2-core EPYC), not by arithmetic. Every fast step therefore:
 - runs in inference mode with no autograd bookkeeping and no torch-function dispatch.
 
 Kinds: lstm, gru, rnn (`FusedStepper`); peephole-lstm and gf-rnn, gf-gru, gf-lstm
-(charrnn.fastpath_custom). Any other stack steps through
+(charrnn.sample.custom_step). Any other stack steps through
 `model(x[:, None])` (`ModelStepper`, fp32 only).
 
 Weight modes (the head and the embedding table stay fp32 in every mode):
@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from charrnn.errors import CharRNNError
 from charrnn.limits import int8_nonfinite_error
-from charrnn.model import CharRNN, FusedStack, State
+from charrnn.models.charrnn import CharRNN, FusedStack, State
 
 WEIGHT_MODES = ("fp32", "bf16", "int8")
 # Quantized engines whose dynamic int8 linear runs on this CPU (x86 builds have the first two).
@@ -377,11 +377,11 @@ def _stepper_class(model: CharRNN) -> type[FastStepper] | None:
     """The hand-written step for `model`'s stack, or None."""
     if isinstance(model.stack, FusedStack):
         return FusedStepper
-    # A custom stack exists only once charrnn.recurrent is imported: no import here.
-    recurrent = sys.modules.get("charrnn.recurrent")
+    # A custom stack exists only once charrnn.models.custom is imported: no import here.
+    recurrent = sys.modules.get("charrnn.models.custom")
     name = type(model.stack).__name__
     if recurrent is not None and type(model.stack) is getattr(recurrent, name, None):
-        from charrnn import fastpath_custom
+        from charrnn.sample import custom_step as fastpath_custom
 
         return fastpath_custom.STEPPERS.get(name)
     return None

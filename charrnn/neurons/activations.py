@@ -4,7 +4,7 @@ An activation "kind" is one named per-unit quantity of a recurrent layer:
 LSTM kinds have input, forget, output (gates), cell and hidden; GRU kinds
 reset, update (gates) and hidden; RNN kinds hidden; gated-feedback kinds also
 feedback (one gate per source layer). A chunk holds every kind of every layer
-for some positions of the text; consumers (statistics in `charrnn.unitstats`,
+for some positions of the text; consumers (statistics in `charrnn.neurons.unitstats`,
 `Recorder` here) see each position once, so long files never need all their
 activations in memory at once.
 
@@ -28,8 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from charrnn.errors import CharRNNError
-from charrnn.model import CharRNN, FusedStack
-from charrnn.vocab import Vocab, unknown_error
+from charrnn.models.charrnn import CharRNN, FusedStack
+from charrnn.data.vocab import Vocab, unknown_error
 
 # Kinds that are sigmoid gates, with values in [0, 1]; gate statistics use these.
 GATE_KINDS = ("input", "forget", "output", "reset", "update", "feedback")

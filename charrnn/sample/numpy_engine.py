@@ -13,7 +13,7 @@ each member may cost, every field's type) and returns None for anything it does 
 handle (another kind, a damaged or unfamiliar file, tensors that do not fit the
 config): the torch path then takes over with its own checks and error messages.
 
-The step is the arithmetic of charrnn.fastpath.FusedStepper (embedding folded
+The step is the arithmetic of charrnn.sample.fast_step.FusedStepper (embedding folded
 into the first layer's input projection, one matmul over [input, h] for each
 further LSTM/RNN layer); its logits match the torch step to float rounding. `draw`
 is charrnn's one sampling draw, which the torch path uses too: for the same seed
@@ -32,7 +32,7 @@ from charrnn import ptfile
 from charrnn.config import FUSED_MODELS, ModelConfig, SampleConfig
 from charrnn.errors import CharRNNError
 from charrnn.limits import TooLargeError
-from charrnn.vocab import Vocab
+from charrnn.data.vocab import Vocab
 
 # Longest prime the numpy path steps through before `--engine auto` prefers torch, whose
 # fused forward reads a long prime in one pass (stepping costs ~1 ms a character for 2x512).
@@ -88,7 +88,7 @@ def read_array(archive: ptfile.Archive, ref: ptfile.TensorRecord) -> np.ndarray:
 
 
 def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Parameter name -> shape of a FusedStack model (charrnn.model.CharRNN)."""
+    """Parameter name -> shape of a FusedStack model (charrnn.models.charrnn.CharRNN)."""
     V, E, H, G = cfg.vocab_size, cfg.embedding_size, cfg.hidden_size, _GATES[cfg.model] * cfg.hidden_size
     shapes = {"embed.weight": (V, E), "head.weight": (V, H), "head.bias": (V,)}
     for i in range(cfg.num_layers):
@@ -163,7 +163,7 @@ def _sigmoid_(x: np.ndarray) -> np.ndarray:
 
 class Dense:
     """x @ W^T with W (N, K) held as float32, transposed once so that NumPy's BLAS reads it
-    row-major; `charrnn.npint8.Int8Dense` is the same with int8 weights."""
+    row-major; `charrnn.sample.numpy_int8.Int8Dense` is the same with int8 weights."""
 
     def __init__(self, weight: np.ndarray) -> None:
         self.w_t = np.ascontiguousarray(weight.T, dtype=np.float32)
@@ -175,12 +175,12 @@ class Dense:
 
 @np.errstate(all="ignore")  # NaN from non-finite weights: the caller warns once
 def make_net(cfg: ModelConfig, w: dict[str, np.ndarray], weights: str = "fp32") -> NumpyNet:
-    """The NumPy network for a weight mode: fp32 here, int8 in charrnn.npint8 (needs numba)."""
+    """The NumPy network for a weight mode: fp32 here, int8 in charrnn.sample.numpy_int8 (needs numba)."""
     if weights == "fp32":
         return NumpyNet(cfg, w)
     if weights != "int8":
         raise CharRNNError(f"the NumPy engine runs fp32 and int8 weights, not {weights}: use --engine torch.")
-    from charrnn import npint8
+    from charrnn.sample import numpy_int8 as npint8
 
     if not npint8.available():
         raise CharRNNError("int8 weights on the NumPy engine need numba (pip install numba), or use --engine torch.")
@@ -190,7 +190,7 @@ def make_net(cfg: ModelConfig, w: dict[str, np.ndarray], weights: str = "fp32") 
 class NumpyNet:
     """A stacked lstm/gru/rnn from its fp32 weights; `step` advances B streams by one symbol.
 
-    `product` holds each weight matrix (here fp32: Dense; charrnn.npint8.Int8Net uses
+    `product` holds each weight matrix (here fp32: Dense; charrnn.sample.numpy_int8.Int8Net uses
     int8); the first layer's folded input table and the biases stay fp32 (a row lookup,
     no product). State: a list over layers of (h,) or, for LSTM, (h, c) arrays of shape (B, H).
     """
@@ -305,8 +305,8 @@ class NumpyNet:
 @np.errstate(all="ignore")  # NaN from non-finite weights: the caller warns once
 def score(net: NumpyNet, tokens: np.ndarray, batch_size: int, seq_len: int) -> float:
     """Mean cross-entropy (nats/char) of `tokens` through `net.step`, state carried across
-    chunks: the streams and chunks of charrnn.training.evaluate, on the step that samples."""
-    from charrnn.batching import eval_chunks
+    chunks: the streams and chunks of charrnn.train.loop.evaluate, on the step that samples."""
+    from charrnn.data.batching import eval_chunks
 
     total, count = 0.0, 0
     state = None
@@ -353,7 +353,7 @@ def draw(logits: np.ndarray, cfg: SampleConfig, rng: np.random.Generator) -> np.
 
 @np.errstate(all="ignore")  # NaN from non-finite weights: the caller warns once
 def generate(net: NumpyNet, vocab: Vocab, prime: str, cfg: SampleConfig, emit: Callable[[str], None]) -> str:
-    """As charrnn.sampling.generate, on the NumPy step: `cfg.length` characters after `prime`."""
+    """As charrnn.sample.torch_engine.generate, on the NumPy step: `cfg.length` characters after `prime`."""
     state = net.zero_state(1)
     for i in vocab.encode(sampling_context(prime, vocab)):
         logits, state = net.step(np.array([i]), state)

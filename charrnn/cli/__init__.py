@@ -83,7 +83,7 @@ def prepare(
     corpus_url: Annotated[Optional[str], typer.Option(help="Download URL for a built-in corpus (mirrors, tests).", envvar="CHARRNN_SHAKESPEARE_URL")] = None,
 ) -> None:
     """Encode a corpus once into the token cache (train does this itself)."""
-    from charrnn.corpus import prepare as prepare_corpus, resolve_corpus
+    from charrnn.data.corpus import prepare as prepare_corpus, resolve_corpus
 
     t0 = time.perf_counter()
     data = prepare_corpus(resolve_corpus(corpus, data_dir, corpus_url), data_dir, encoding)
@@ -152,7 +152,7 @@ def train(
 ) -> None:
     """Train a model on a text file, a built-in corpus (shakespeare) or a memory task
     (task:parity, task:brackets, task:copy); checkpoints go to RUNS_DIR/NAME/."""
-    from charrnn.distributed import DistConfig, exec_torchrun, init_from_env
+    from charrnn.train.distributed import DistConfig, exec_torchrun, init_from_env
 
     dcfg = DistConfig(nproc=nproc, timeout=dist_timeout)
     if dcfg.nproc:  # before torch is imported: torchrun starts this command once per rank
@@ -160,7 +160,7 @@ def train(
     import dataclasses
 
     from charrnn.config import ModelConfig, TrainConfig, parse_duration
-    from charrnn.corpus import prepare as prepare_corpus, resolve_corpus
+    from charrnn.data.corpus import prepare as prepare_corpus, resolve_corpus
     from charrnn.runs import RunLock, default_run_name, new_run, resolve_checkpoint, run_paths
 
     given = {k: v for k, v in locals().items() if k in _MODEL_OPTIONS and v is not None}
@@ -176,7 +176,7 @@ def train(
         if value is not None:
             runtime[key] = value
     dist = init_from_env(device, dcfg.timeout, os.environ)  # one process unless started by torchrun
-    from charrnn.training import check_precision
+    from charrnn.train.loop import check_precision
 
     check_precision(precision or "fp32", dist.pick_device(device))  # before any download, preparation or probe
     # Rank 0 downloads and encodes the corpus first; the other ranks then map its cache.
@@ -292,9 +292,9 @@ def _plan_defaults(given: dict[str, Any], preset: Optional[str], data: Any, stop
     """Fill the settings the user left open from the budget, a speed probe and the corpus."""
     import dataclasses
 
-    from charrnn.autoplan import PRESETS, plan_run
+    from charrnn.train.plan import PRESETS, plan_run
     from charrnn.config import ModelConfig, TrainConfig
-    from charrnn.corpus import split
+    from charrnn.data.corpus import split
 
     fixed = dict(given)
     if preset is not None:
@@ -335,8 +335,8 @@ def _print_plan(plan: Any, mcfg: Any, tcfg: Any) -> None:
 
 def _prepare_task(name: str, length_min: int, length_max: int, chars: int, seed: int, data_dir: Path) -> Any:
     """Generate a task:* corpus once into data_dir/tasks/ and prepare it with the task's alphabet."""
-    from charrnn.corpus import prepare as prepare_corpus
-    from charrnn.tasks import generate_task, task_vocab
+    from charrnn.data.corpus import prepare as prepare_corpus
+    from charrnn.data.tasks import generate_task, task_vocab
 
     vocab = task_vocab(name)
     path = Path(data_dir) / "tasks" / f"{name[5:]}-{length_min}-{length_max}-{chars}-{seed}.txt"
@@ -352,8 +352,8 @@ def _run_training(mcfg: Any, tcfg: Any, data: Any, run: Any, corpus_info: dict, 
                   notice: str = "", dist: Any = None, spent: float = 0.0, eval_estimate: float = 0.0) -> None:
     from tqdm import tqdm
 
-    from charrnn.distributed import Dist, is_peer_failure, peer_failure_message
-    from charrnn.training import Trainer
+    from charrnn.train.distributed import Dist, is_peer_failure, peer_failure_message
+    from charrnn.train.loop import Trainer
 
     dist = dist if dist is not None else Dist()
     stop = {"signal": 0}
@@ -475,7 +475,7 @@ def sample(
                        num_samples=num_samples, seed=seed, stop=unescape(stop))
     if prime is not None and prime_file is not None:
         raise CharRNNError("give --prime or --prime-file, not both.")
-    from charrnn.corpus import read_text
+    from charrnn.data.corpus import read_text
     from charrnn.runs import resolve_checkpoint
 
     _check_engine(engine)
@@ -485,8 +485,8 @@ def sample(
     generate_one, vocab = _numpy_sampler(path, engine, weights, device) or _torch_sampler(path, weights, device)
     text = read_text(prime_file, "bytes" if vocab.byte_level else "utf-8") if prime_file is not None else (prime or "")
     vocab.encode(text)  # reject unknown characters before anything is printed
-    if engine == "auto" and generate_one.func.__module__ == "charrnn.npsample":
-        from charrnn.npsample import MAX_PRIME
+    if engine == "auto" and generate_one.func.__module__ == "charrnn.sample.numpy_engine":
+        from charrnn.sample.numpy_engine import MAX_PRIME
 
         if len(text) > MAX_PRIME:  # torch reads a long prime in one pass; numpy steps through it
             generate_one, _ = _torch_sampler(path, weights, device)
@@ -506,11 +506,11 @@ def sample(
 
 
 def _numpy_sampler(path: Path, engine: str, weights: str, device: str) -> tuple[Callable, Any] | None:
-    """(generate(prime, cfg, emit), vocab) on charrnn.npsample, or None when torch must serve."""
+    """(generate(prime, cfg, emit), vocab) on charrnn.sample.numpy_engine, or None when torch must serve."""
     loaded = _numpy_net(path, engine, weights, device)
     if loaded is None:
         return None
-    from charrnn import npsample
+    from charrnn.sample import numpy_engine as npsample
 
     net, vocab = loaded
     _warn_nonfinite(getattr(net, "nonfinite", None))
@@ -531,7 +531,7 @@ def _numpy_net(path: Path, engine: str, weights: str, device: str) -> tuple[Any,
         hint = " (int8 there needs numba: pip install numba)" if weights == "int8" and not int8 else ""
         raise CharRNNError(f"--engine numpy runs {'fp32 and int8' if int8 else 'fp32'} weights on the CPU{hint}: "
                            "change --weights/--device or use --engine torch.")
-    from charrnn import npsample
+    from charrnn.sample import numpy_engine as npsample
 
     loaded = npsample.load(path, weights)
     if loaded is None and engine == "numpy":
@@ -547,7 +547,7 @@ def _check_engine(engine: str) -> None:
 
 def _numba_int8() -> bool:
     """Whether the NumPy engine's compiled int8 product can run here (imports numba)."""
-    from charrnn import npint8
+    from charrnn.sample import numpy_int8 as npint8
 
     return npint8.available()
 
@@ -556,7 +556,7 @@ def _torch_sampler(path: Path, weights: str, device: str) -> tuple[Callable, Any
     """(generate(prime, cfg, emit), vocab) on the torch model and its fast step."""
     from charrnn.checkpoint import build_model, load_checkpoint
     from charrnn.device import pick_device
-    from charrnn.sampling import generate, make_stepper
+    from charrnn.sample.torch_engine import generate, make_stepper
 
     ckpt = load_checkpoint(path)
     model = build_model(ckpt).to(pick_device(device))
@@ -648,10 +648,10 @@ def evaluate_cmd(
     import numpy as np
 
     from charrnn.checkpoint import build_model, load_checkpoint
-    from charrnn.corpus import read_text
+    from charrnn.data.corpus import read_text
     from charrnn.device import pick_device
     from charrnn.runs import resolve_checkpoint, to_json
-    from charrnn.training import evaluate
+    from charrnn.train.loop import evaluate
 
     if batch_size < 1 or seq_len < 1:
         raise CharRNNError("--batch-size and --seq-len must be at least 1.")
@@ -670,7 +670,7 @@ def evaluate_cmd(
     wants_numpy = engine == "numpy" or (engine == "auto" and weights == "int8")
     loaded = _numpy_net(path, engine, weights, "cpu" if device in ("auto", "cpu") else device) if wants_numpy else None
     if loaded is not None:
-        from charrnn import npsample
+        from charrnn.sample import numpy_engine as npsample
 
         used = f"numpy, {weights}"
         t0 = time.perf_counter()
@@ -679,7 +679,7 @@ def evaluate_cmd(
         dev = pick_device(device)
         model = build_model(ckpt).to(dev)
         if weights != "fp32":
-            from charrnn.fastpath import quantize_model  # type: ignore[attr-defined]
+            from charrnn.sample.fast_step import quantize_model  # type: ignore[attr-defined]
 
             model = quantize_model(model, weights)
         used = f"torch, {weights}"
@@ -705,7 +705,7 @@ def _eval_task(ckpt: Any, path: Path, task: str, lengths: str, examples: int, se
     """Accuracy of the label character per example length, beside the majority-guess baseline."""
     from charrnn.checkpoint import build_model
     from charrnn.runs import to_json
-    from charrnn.tasks import label_accuracy, majority_baseline
+    from charrnn.data.tasks import label_accuracy, majority_baseline
 
     try:
         sizes = [int(v) for v in lengths.split(",") if v.strip()]
@@ -834,7 +834,7 @@ def info(run: RunArg = None, runs_dir: RunsDir = Path("checkpoints")) -> None:
     out.print(table)
     metrics = path.parent / "metrics.jsonl"
     if metrics.is_file():
-        from charrnn.cli_inspect import show_curves
+        from charrnn.cli.neurons import show_curves
 
         try:
             show_curves(metrics, out)
@@ -861,7 +861,7 @@ def _load_for_info(path: Path) -> tuple[Any, Path, str]:
 
 def _register_extensions() -> None:
     try:
-        from charrnn.cli_inspect import register
+        from charrnn.cli.neurons import register
     except ImportError:
         return
     register(app, wrap=handle_errors)

@@ -41,7 +41,7 @@ import numpy as np
 
 from charrnn.errors import CharRNNError
 from charrnn.files import atomic_write_text, fsync_dir, open_nofollow
-from charrnn.vocab import Vocab, token_dtype
+from charrnn.data.vocab import Vocab, token_dtype
 
 CHECK_IDS = 1 << 24  # ids per slice while checking them (bounds the transient memory, 16 MB as uint8)
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a planted pipe never hangs

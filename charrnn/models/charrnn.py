@@ -94,13 +94,13 @@ class FusedStack(nn.Module):
             return torch.func.functional_call(layer, dropped, (x, hx))
 
 
-# model kind -> stack class; extra kinds add themselves here (see charrnn.recurrent).
+# model kind -> stack class; extra kinds add themselves here (see charrnn.models.custom).
 STACKS: dict[str, Callable[[ModelConfig], nn.Module]] = {k: FusedStack for k in _TORCH_MODULES}
 
 
 def _stack_for(cfg: ModelConfig) -> nn.Module:
     if cfg.model not in STACKS:
-        import charrnn.recurrent  # noqa: F401  registers the non-fused kinds
+        import charrnn.models.custom  # noqa: F401  registers the non-fused kinds
     return STACKS[cfg.model](cfg)
 
 

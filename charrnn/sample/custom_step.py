@@ -1,6 +1,6 @@
-"""Fast one-character steps for the kinds of charrnn.recurrent: peephole-lstm and gf-*.
+"""Fast one-character steps for the kinds of charrnn.models.custom: peephole-lstm and gf-*.
 
-The same tricks as the fused kinds' step in charrnn.fastpath (embedding folded into
+The same tricks as the fused kinds' step in charrnn.sample.fast_step (embedding folded into
 a gather table, concatenated matrix products, gate buffers reused, every weight
 mode), applied to the stacks' own equations; each step equals the stack's forward
 to float rounding (tests/test_fastpath.py).
@@ -13,12 +13,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from charrnn.fastpath import FastStepper, _gate_order, _Linear
-from charrnn.model import CharRNN, State
+from charrnn.sample.fast_step import FastStepper, _gate_order, _Linear
+from charrnn.models.charrnn import CharRNN, State
 
 
 class PeepholeStepper(FastStepper):
-    """The step of peephole-lstm (charrnn.recurrent.PeepholeLSTMStack), gate rows i, f, g, o.
+    """The step of peephole-lstm (charrnn.models.custom.PeepholeLSTMStack), gate rows i, f, g, o.
 
     i and f see c(t-1) and o sees c(t) through per-unit weights, so o's sigmoid waits
     for the new cell: two sigmoids per layer instead of one.
@@ -71,7 +71,7 @@ class PeepholeStepper(FastStepper):
 
 
 class GatedFeedbackStepper(FastStepper):
-    """The step of gf-rnn, gf-gru and gf-lstm (charrnn.recurrent.GatedFeedbackStack).
+    """The step of gf-rnn, gf-gru and gf-lstm (charrnn.models.custom.GatedFeedbackStack).
 
     Per step: the recurrent products of all source layers at once (one bmm in fp32,
     one packed matmul per source layer otherwise) into a (L, B, Krec) buffer whose

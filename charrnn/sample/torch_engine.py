@@ -2,7 +2,7 @@
 
 Each step turns the last logits into a distribution (temperature, top-k,
 top-p), draws one symbol with a seeded generator, and feeds it back. That loop
-and its draw (`charrnn.npsample.draw_text`, NumPy's PCG64) are the ones the
+and its draw (`charrnn.sample.numpy_engine.draw_text`, NumPy's PCG64) are the ones the
 torch-free engine runs: for the same seed every path -- the model's own forward,
 the fast step, the NumPy engine -- writes the same characters.
 """
@@ -16,14 +16,14 @@ import torch
 
 from charrnn.config import SampleConfig
 from charrnn.errors import CharRNNError
-from charrnn.fastpath import ModelStepper, Stepper, build_stepper
-from charrnn.model import CharRNN
-from charrnn.npsample import draw_text, sampling_context
-from charrnn.vocab import Vocab
+from charrnn.sample.fast_step import ModelStepper, Stepper, build_stepper
+from charrnn.models.charrnn import CharRNN
+from charrnn.sample.numpy_engine import draw_text, sampling_context
+from charrnn.data.vocab import Vocab
 
 
 def make_stepper(model: CharRNN, weights: str = "fp32") -> Stepper:
-    """The fastest stepper for `model` with `weights` (see charrnn.fastpath). Raises CharRNNError."""
+    """The fastest stepper for `model` with `weights` (see charrnn.sample.fast_step). Raises CharRNNError."""
     return build_stepper(model, weights)
 
 

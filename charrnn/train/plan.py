@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from charrnn.config import ModelConfig
-from charrnn.training import bf16_supported
+from charrnn.train.loop import bf16_supported
 
 # Named fixed sizes for `--preset`: model and batch settings (dropout stays automatic).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -132,7 +132,7 @@ def count_lstm_params(vocab: int, layers: int, hidden: int, embed: int) -> int:
 
 def count_params(cfg: ModelConfig) -> int:
     """Parameters of the model `cfg` describes, counted without allocating its weights."""
-    from charrnn.model import CharRNN
+    from charrnn.models.charrnn import CharRNN
 
     try:
         with torch.device("meta"):
@@ -145,7 +145,7 @@ def measure_train_speed(cfg: ModelConfig, batch_size: int, seq_len: int, device:
                         precision: str = "fp32", steps: int = 2) -> float:
     """Training characters per second of `cfg` on `device`: one warm-up step, then
     `steps` timed steps (forward, backward, clip, AdamW) on random tokens."""
-    from charrnn.model import CharRNN
+    from charrnn.models.charrnn import CharRNN
 
     model = CharRNN(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -213,7 +213,7 @@ def plan_run(
     if "seq_len" not in given:
         seq = min(seq, max(train_chars // batch - 1, 1))
     if (train_chars - 1) // batch < seq:
-        from charrnn.batching import StreamBatcher
+        from charrnn.data.batching import StreamBatcher
 
         StreamBatcher(torch.zeros(train_chars).numpy(), batch, seq)  # raises the error that says what fits
 

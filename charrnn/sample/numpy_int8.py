@@ -22,7 +22,7 @@ compiled call (product, gates, new state): NumPy's gate arithmetic cost about as
 much as the int8 products themselves.
 
 `available()` says whether numba is importable; without it charrnn uses torch's
-fbgemm int8 kernel (charrnn.fastpath) instead.
+fbgemm int8 kernel (charrnn.sample.fast_step) instead.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 
 from charrnn.config import ModelConfig
 from charrnn.limits import int8_nonfinite_error
-from charrnn.npsample import _GATES, NumpyNet, nonfinite_arrays
+from charrnn.sample.numpy_engine import _GATES, NumpyNet, nonfinite_arrays
 
 try:
     import numba
@@ -327,7 +327,7 @@ _NO_COLUMNS = np.zeros((0, 0), np.float32)
 
 
 class Int8Net(NumpyNet):
-    """charrnn.npsample.NumpyNet with int8 weights, each layer one compiled call: the
+    """charrnn.sample.numpy_engine.NumpyNet with int8 weights, each layer one compiled call: the
     product, the gates (with the fitted tanh above) and the new state."""
 
     product = Int8Dense

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from charrnn.activations import GATE_KINDS, Chunk
+from charrnn.neurons.activations import GATE_KINDS, Chunk
 
 
 class Moments:

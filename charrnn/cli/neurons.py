@@ -1,7 +1,7 @@
 """Commands that look inside a trained network: inspect, cells, gates, view, curves, plot.
 
 `register(app, wrap)` adds them to the main Typer app. torch (through
-charrnn.activations) is imported inside the commands, so `charrnn --help`
+charrnn.neurons.activations) is imported inside the commands, so `charrnn --help`
 stays fast. Coloured output needs a terminal; with a pipe, NO_COLOR or
 --no-color the commands print tab-separated tables instead.
 """
@@ -85,7 +85,7 @@ def _load(run: str | None, runs_dir: Path) -> tuple[Any, Any, Path]:
 
 def _read_file(path: Path, byte_level: bool) -> str:
     """The text of `path` as training reads it (a byte-order mark dropped; bytes as U+0000..U+00FF)."""
-    from charrnn.corpus import read_text
+    from charrnn.data.corpus import read_text
 
     return read_text(path, "bytes" if byte_level else "utf-8")
 
@@ -119,7 +119,7 @@ def _scale(kind: str, values: Any) -> float:
     """
     import numpy as np
 
-    from charrnn.activations import BOUNDED_KINDS
+    from charrnn.neurons.activations import BOUNDED_KINDS
 
     if kind in BOUNDED_KINDS or len(values) == 0:
         return 1.0
@@ -128,7 +128,7 @@ def _scale(kind: str, values: Any) -> float:
 
 
 def _style(t: float) -> str:
-    from charrnn.viewer import diverging_rgb
+    from charrnn.neurons.viewer import diverging_rgb
 
     r, g, b = diverging_rgb(t)
     return f"{'white' if abs(t) > 0.6 else 'black'} on rgb({r},{g},{b})"
@@ -187,7 +187,7 @@ def inspect_cmd(
     runs_dir: RunsDirOpt = Path("checkpoints"),
 ) -> None:
     """Print a text coloured by one unit's activation (or the K most varying units)."""
-    from charrnn.activations import (
+    from charrnn.neurons.activations import (
         Recorder,
         activation_kinds,
         check_selection,
@@ -195,7 +195,7 @@ def inspect_cmd(
         run_text,
         write_npz,
     )
-    from charrnn.unitstats import rank_units
+    from charrnn.neurons.unitstats import rank_units
 
     ckpt, model, _ = _load(run, runs_dir)
     raw = _read_text(text, file, ckpt.vocab.byte_level)
@@ -291,7 +291,7 @@ def cells_cmd(
     """Rank every unit of every layer by how well it tracks a feature of the text (Pearson r)."""
     import numpy as np
 
-    from charrnn.activations import (
+    from charrnn.neurons.activations import (
         Recorder,
         activation_kinds,
         encode_text,
@@ -299,8 +299,8 @@ def cells_cmd(
         run_text,
         write_npz,
     )
-    from charrnn.features import compute_feature
-    from charrnn.unitstats import UnitScan, rank_units
+    from charrnn.neurons.features import compute_feature
+    from charrnn.neurons.unitstats import UnitScan, rank_units
 
     ckpt, model, _ = _load(run, runs_dir)
     raw = _read_file(file, ckpt.vocab.byte_level)
@@ -372,8 +372,8 @@ def gates_cmd(
     runs_dir: RunsDirOpt = Path("checkpoints"),
 ) -> None:
     """Gate saturation: how often each gate is left- (< 0.1) or right-saturated (> 0.9)."""
-    from charrnn.activations import activation_kinds, encode_text, plan_streams, run_text
-    from charrnn.unitstats import GateCounts, summarise_gates
+    from charrnn.neurons.activations import activation_kinds, encode_text, plan_streams, run_text
+    from charrnn.neurons.unitstats import GateCounts, summarise_gates
 
     ckpt, model, _ = _load(run, runs_dir)
     raw = _read_file(file, ckpt.vocab.byte_level)
@@ -452,11 +452,11 @@ def view_cmd(
     runs_dir: RunsDirOpt = Path("checkpoints"),
 ) -> None:
     """Write one self-contained HTML page to explore units, predictions, gates and curves."""
-    from charrnn.activations import Recorder, activation_kinds, encode_text, plan_streams, run_text
+    from charrnn.neurons.activations import Recorder, activation_kinds, encode_text, plan_streams, run_text
     from charrnn.curves import read_curves
-    from charrnn.features import FEATURES, compute_features
-    from charrnn.unitstats import GateCounts, UnitScan, rank_units
-    from charrnn.viewer import PageData, write_page
+    from charrnn.neurons.features import FEATURES, compute_features
+    from charrnn.neurons.unitstats import GateCounts, UnitScan, rank_units
+    from charrnn.neurons.viewer import PageData, write_page
 
     ckpt, model, ckpt_path = _load(run, runs_dir)
     raw = _read_file(file, ckpt.vocab.byte_level)

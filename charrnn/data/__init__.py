@@ -1,0 +1,1 @@
+"""Text in, token ids out: the vocabulary, corpora and their prepared cache, batching, memory tasks."""

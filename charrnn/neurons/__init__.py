@@ -1,0 +1,1 @@
+"""Looking inside a trained network: activations, unit statistics, text features, the HTML viewer."""

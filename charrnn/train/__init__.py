@@ -1,0 +1,1 @@
+"""Training: the loop, the time-budget planner, data-parallel processes."""
