@@ -12,21 +12,35 @@ import re
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from charrnn.errors import CharRNNError
 
 # Version of the checkpoint layout (charrnn.checkpoint); readers refuse newer ones.
 FORMAT_VERSION = 1
 
-# Recurrent kinds. The fused ones use torch's cuDNN/oneDNN modules.
-FUSED_MODELS = ("lstm", "gru", "rnn")
-MODELS = FUSED_MODELS + ("peephole-lstm", "gf-rnn", "gf-gru", "gf-lstm")
+# Every set of choices, declared once: the config fields and the command-line options use these
+# types (typer lists them in help, completes them and refuses others as usage errors), and the
+# tuples below are read off them.
+ModelKind = Literal["lstm", "gru", "rnn", "peephole-lstm", "gf-rnn", "gf-gru", "gf-lstm"]
+DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+DropoutMask = Literal["locked", "per-step"]  # locked: one mask per sequence (variational)
+Precision = Literal["fp32", "bf16"]
+Weights = Literal["fp32", "bf16", "int8"]  # the weights sampling and scoring compute with
+Engine = Literal["auto", "numpy", "torch"]  # which code steps the network when sampling
+Preset = Literal["tiny", "small", "medium", "large", "xl"]  # fixed sizes, see charrnn.train.plan.PRESETS
+Unknown = Literal["error", "skip"]  # characters outside a model's vocabulary, when inspecting
+# Activations the neuron commands read: LSTM kinds, GRU gates, gated-feedback weights.
+UnitKind = Literal["cell", "hidden", "input", "forget", "output", "reset", "update", "feedback"]
+
+MODELS: tuple[str, ...] = get_args(ModelKind)
+# Recurrent kinds that use torch's cuDNN/oneDNN modules.
+FUSED_MODELS = MODELS[:3]
 # Kinds whose state is (h, c) rather than (h,).
 CELL_STATE_MODELS = ("lstm", "peephole-lstm", "gf-lstm")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DROPOUT_MASKS = ("locked", "per-step")
-PRECISIONS = ("fp32", "bf16")
+DEVICES: tuple[str, ...] = get_args(DeviceName)
+DROPOUT_MASKS: tuple[str, ...] = get_args(DropoutMask)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 # Bounds that keep sizes and step counts in machine integers; a real run is far inside them.
 MAX_VOCAB = 0x110000  # Unicode code points
 MAX_LAYERS = 1024
@@ -56,12 +70,12 @@ def _check_finite(cfg: Any) -> None:
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int  # number of distinct symbols (characters or bytes)
-    model: str = "lstm"  # one of MODELS
+    model: ModelKind = "lstm"
     num_layers: int = 2  # stacked recurrent layers
     hidden_size: int = 512  # units per recurrent layer
     embed_size: int = 0  # embedding width; 0 means equal to hidden_size
     dropout: float = 0.0  # on the embedding, between layers and before the head
-    dropout_mask: str = "locked"  # locked: one mask per sequence (variational); per-step: a fresh mask each step
+    dropout_mask: DropoutMask = "locked"  # locked: one mask per sequence (variational); per-step: a fresh mask each step
     weight_drop: float = 0.0  # DropConnect on the recurrent (hidden-to-hidden) weights, fused kinds only
 
     def __post_init__(self) -> None:
@@ -103,7 +117,7 @@ class TrainConfig:
     eval_every: int = 0  # steps between validations; 0 = `evals` spread over the run
     evals: int = 10  # validations per run when eval_every is 0 (the last one at the end)
     patience: int = 0  # early stop after this many validations without a new best; 0 = never
-    precision: str = "fp32"  # fp32 | bf16 (autocast matrix products; the weights stay fp32)
+    precision: Precision = "fp32"  # fp32 | bf16 (autocast matrix products; the weights stay fp32)
     log_every: int = 10  # steps between progress/metrics events
     keep_last: int = 0  # periodic step-N.pt checkpoints kept besides last.pt and best.pt
     val_frac: float = 0.1  # last fraction of the corpus used for validation
@@ -112,7 +126,7 @@ class TrainConfig:
     # scored 1.4459 nats/char as one stream, 1.4484 as 32, 1.4506 as 64 (tiny-shakespeare).
     val_streams: int = 32
     seed: int = 1337  # seeds weights, dropout and the stream layout
-    device: str = "auto"  # auto | cpu | cuda | mps
+    device: DeviceName = "auto"  # auto = cuda when present
 
     def __post_init__(self) -> None:
         _check_finite(self)
@@ -199,6 +213,8 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
     if value is None and type(None) in options:
         return None
     for kind in options:
+        if typing.get_origin(kind) is Literal and isinstance(value, str):
+            return value  # which strings are valid is __post_init__'s check, with its message
         if kind is bool and isinstance(value, bool):
             return value
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
@@ -211,7 +227,8 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
             raise CharRNNError(f"{where} must be a finite number, not {value!r:.40}.")
         if kind is str and isinstance(value, str):
             return value
-    wanted = " or ".join({int: "an integer", float: "a number", str: "a string", bool: "true or false",
+    wanted = " or ".join("a string" if typing.get_origin(k) is Literal else
+                         {int: "an integer", float: "a number", str: "a string", bool: "true or false",
                           type(None): "null"}.get(k, str(k)) for k in options)
     raise CharRNNError(f"{where} must be {wanted}, not {type(value).__name__} {value!r:.40}.")
 

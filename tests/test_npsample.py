@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn import cli, ptfile
+from charrnn import ptfile
+from charrnn.cli import sample as cli_sample
 
 from charrnn.sample import numpy_engine as npsample
 from charrnn.checkpoint import Checkpoint, save_checkpoint
@@ -175,8 +176,8 @@ def test_sample_does_not_import_torch(runner, trained: str, weights: str) -> Non
 
 def test_a_long_prime_goes_to_torch(runner, trained: str, monkeypatch) -> None:
     calls = []
-    real = cli._torch_sampler
-    monkeypatch.setattr(cli, "_torch_sampler", lambda *a: calls.append(a) or real(*a))
+    real = cli_sample._torch_sampler
+    monkeypatch.setattr(cli_sample, "_torch_sampler", lambda *a: calls.append(a) or real(*a))
     args = ["sample", trained, "-n", "30", "--seed", "9", "--prime", "The cat"]
     short = runner.invoke(app, args)
     assert short.exit_code == 0 and calls == []  # a short prime: the NumPy engine serves

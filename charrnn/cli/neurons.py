@@ -452,8 +452,14 @@ def view_cmd(
     runs_dir: RunsDirOpt = Path("checkpoints"),
 ) -> None:
     """Write one self-contained HTML page to explore units, predictions, gates and curves."""
-    from charrnn.neurons.activations import Recorder, activation_kinds, encode_text, plan_streams, run_text
     from charrnn.curves import read_curves
+    from charrnn.neurons.activations import (
+        Recorder,
+        activation_kinds,
+        encode_text,
+        plan_streams,
+        run_text,
+    )
     from charrnn.neurons.features import FEATURES, compute_features
     from charrnn.neurons.unitstats import GateCounts, UnitScan, rank_units
     from charrnn.neurons.viewer import PageData, write_page

@@ -1,0 +1,61 @@
+"""What every command shares: the consoles, the one error handler, the shared options.
+
+Only charrnn.cli prints. Every CharRNNError becomes `error: <message>` on stderr and exit 1;
+an OSError on a user's path becomes the same, naming the path and what to do.
+"""
+
+# No `from __future__ import annotations` in the cli modules: typer evaluates every string
+# annotation again on each start (about 35 ms of `charrnn --help`).
+import functools
+import math
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from charrnn.errors import CharRNNError
+from charrnn.lazy import LazyConsole, lazy_callable
+
+Table = lazy_callable("rich.table", "Table")
+out = LazyConsole()
+err = LazyConsole(stderr=True)
+
+LN2 = math.log(2)
+
+# Options shared by several commands, declared once.
+RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Folder holding run folders.", envvar="CHARRNN_RUNS_DIR")]
+DataDir = Annotated[Path, typer.Option("--data-dir", help="Folder for corpora and the prepared-data cache.", envvar="CHARRNN_DATA_DIR")]
+Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps (auto = cuda when present).")]
+Encoding = Annotated[str, typer.Option("--encoding", help="Text codec of the file, or 'bytes' for a byte-level vocabulary.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+RunArg = Annotated[Optional[str], typer.Argument(help="Run name, run folder or .pt file (default: the latest run).", show_default=False)]
+
+
+def fail(message: str) -> None:
+    """Print `error: message` on stderr and exit 1."""
+    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The one place where a CharRNNError turns into `error: ...` and exit 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except CharRNNError as exc:
+            fail(str(exc))
+        except OSError as exc:  # a user's path refused: no space, read-only, not a folder...
+            from charrnn.files import os_error
+
+            fail(str(os_error(exc)))
+        except MemoryError:
+            fail("out of memory: use a smaller model (--hidden, --layers) or --batch-size, "
+                 "or close other programs.")
+
+    return wrapper
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4f}" if math.isfinite(x) else "-"

@@ -1,0 +1,146 @@
+"""The `runs` and `info` commands: what runs there are, and one run in detail."""
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from charrnn.cli.common import (
+    LN2,
+    RunArg,
+    RunsDir,
+    Table,
+    _fmt,
+    err,
+    fail,
+    out,
+)
+from charrnn.errors import CharRNNError
+
+
+def runs(
+    runs_dir: RunsDir = Path("checkpoints"),
+    check: Annotated[bool, typer.Option("--check", help="Load every checkpoint and report damaged ones (exit 1 if any).")] = False,
+) -> None:
+    """List runs, most recent first, with their disk usage."""
+    from charrnn.runs import checkpoint_files, disk_usage, last_written, list_runs
+
+    found = list_runs(runs_dir)
+    if not found:
+        err.print(f"no runs in '{runs_dir}' yet: train one with `charrnn train shakespeare`.")
+        return
+    if check:
+        from charrnn.checkpoint import build_model, load_checkpoint
+
+        damaged = 0
+        for r in found:
+            for path in checkpoint_files(r):
+                try:
+                    ckpt = load_checkpoint(path)
+                    build_model(ckpt)
+                    if ckpt.nonfinite:
+                        raise CharRNNError(f"non-finite weights in {', '.join(ckpt.nonfinite[:3])}")
+                    out.print(f"ok       {path}", highlight=False, markup=False)
+                except (CharRNNError, OSError) as exc:
+                    damaged += 1
+                    out.print(f"DAMAGED  {path}: {exc}", highlight=False, markup=False)
+        if damaged:
+            fail(f"{damaged} damaged checkpoint(s): resume from a good one or delete them.")
+        return
+    table = Table()
+    for col in ("name", "model", "size", "steps", "best val bpc", "disk", "when"):
+        table.add_column(col)
+    for r in found:
+        config, damage = _read_config(r.config)
+        m = config.get("model") if isinstance(config.get("model"), dict) else {}
+        summary = _summary(r)
+        kind = m.get("model") if isinstance(m.get("model"), str) else "?"
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(last_written(r)))
+        table.add_row(r.dir.name, kind + (f" ({damage})" if damage else ""),
+                      f"{_plain(m.get('num_layers'))}x{_plain(m.get('hidden_size'))}",
+                      str(summary["step"]), _fmt(summary["best_val"] / LN2), f"{disk_usage(r) / 1e6:.1f} MB", when)
+    out.print(table)
+
+
+def _read_config(path: Path) -> tuple[dict, str]:
+    """A run's config.json as a dict, and what is wrong with it ('' when nothing)."""
+    try:
+        config = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return {}, "no config.json"
+    except (OSError, ValueError):
+        return {}, "config.json damaged"
+    return (config, "") if isinstance(config, dict) else ({}, "config.json damaged")
+
+
+def _plain(value: Any) -> str:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else "?"
+
+
+def _summary(run: Any) -> dict:
+    """Step and best val of a run from its metrics (no torch needed); damaged events are skipped."""
+    from charrnn.runs import event_step, number, read_metrics
+
+    step, best = 0, math.inf
+    for event in read_metrics(run):
+        step = max(step, event_step(event) or 0)
+        if event.get("event") == "eval":
+            best = min(best, number(event, "val_loss", math.inf))
+    return {"step": step, "best_val": best}
+
+
+def info(run: RunArg = None, runs_dir: RunsDir = Path("checkpoints")) -> None:
+    """Show one run: model, training settings, progress, best validation loss."""
+    from rich.markup import escape
+
+    from charrnn.runs import number, resolve_checkpoint
+
+    path = resolve_checkpoint(run, runs_dir, prefer="last")
+    ckpt, path, damage = _load_for_info(path)
+    params = sum(t.numel() for t in ckpt.model_state.values())
+    p = ckpt.progress
+    table = Table(show_header=False, title=str(path))
+    if damage:
+        table.add_row("[red]damaged[/]", escape(damage))
+    m = ckpt.model_config
+    table.add_row("model", f"{m.model} {m.num_layers}x{m.hidden_size}, embed {m.embedding_size}, dropout {m.dropout}")
+    table.add_row("parameters", f"{params:,}")
+    table.add_row("vocabulary", f"{len(ckpt.vocab)} {'bytes' if ckpt.vocab.byte_level else 'characters'}")
+    t = ckpt.train_config
+    table.add_row("training", f"B={t.batch_size} T={t.seq_len} lr={t.lr} clip={t.grad_clip} seed={t.seed}")
+    table.add_row("progress", f"step {number(p, 'step', 0):,.0f}, epoch {number(p, 'epoch', 0):.0f}, "
+                              f"{number(p, 'elapsed', 0):.1f}s")
+    best = number(p, "best_val", math.inf)
+    table.add_row("best val", f"{_fmt(best)} nats/char, {_fmt(best / LN2)} bits/char")
+    table.add_row("corpus", escape(f"{ckpt.corpus.get('path', '?')} ({ckpt.corpus.get('chars', '?')} chars)"))
+    if ckpt.nonfinite:
+        table.add_row("[red]weights[/]", escape(f"non-finite values in {', '.join(ckpt.nonfinite[:3])}"))
+    out.print(table)
+    metrics = path.parent / "metrics.jsonl"
+    if metrics.is_file():
+        from charrnn.cli.neurons import show_curves
+
+        try:
+            show_curves(metrics, out)
+        except CharRNNError:  # a run with no losses logged yet has no curves to show
+            pass
+
+
+def _load_for_info(path: Path) -> tuple[Any, Path, str]:
+    """The checkpoint to describe: `path`, or the run's other checkpoint when `path` is damaged
+    (then the third item says what is wrong with `path`). Raises CharRNNError when none loads."""
+    from charrnn.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(path), path, ""
+    except CharRNNError as exc:
+        other = path.with_name("best.pt" if path.name == "last.pt" else "last.pt")
+        if path.name not in ("last.pt", "best.pt") or not other.is_file():
+            raise
+        try:
+            return load_checkpoint(other), other, f"{path.name}: {exc}"
+        except CharRNNError:
+            raise exc from None
