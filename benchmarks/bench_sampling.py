@@ -1,7 +1,7 @@
 """Sampling throughput: the naive one-step model call against charrnn's fast step.
 
 For each kind (2x512 by default) and each stream count, every method runs the
-same sampling loop -- step, then charrnn's own draw (`npsample.draw`,
+same sampling loop -- step, then charrnn's own draw (`charrnn.sample.draw.draw`,
 temperature 0.8, on the CPU), feed the draw back -- and reports characters per
 second (streams x steps per second). `--draw none` leaves the draw out, to time
 the steps alone. Methods:
@@ -51,8 +51,10 @@ from torch import Tensor  # noqa: E402
 from charrnn.sample import numpy_int8 as npint8
 
 from charrnn.sample import numpy_engine as npsample
+from charrnn.sample import draw as draw_mod
 from charrnn.config import FUSED_MODELS, ModelConfig, SampleConfig
-from charrnn.sample.fast_step import FastStepper, available_weight_modes, build_stepper
+from charrnn.sample.fast_step import build_stepper
+from charrnn.sample.step_base import FastStepper, available_weight_modes
 from charrnn.models.charrnn import CharRNN, State
 
 StepFn = Callable[[Tensor, State], tuple[Tensor, State]]
@@ -74,7 +76,7 @@ def make_loop(step: StepFn, model: CharRNN, streams: int, draw: bool) -> Callabl
             for _ in range(n):
                 logits, state = step(x.to(device), state)
                 if draw:  # charrnn's draw, as sampling.generate makes it
-                    x = torch.from_numpy(npsample.draw(logits.float().cpu().numpy(), cfg, rng))
+                    x = torch.from_numpy(draw_mod.draw(logits.float().cpu().numpy(), cfg, rng))
 
     return run
 
@@ -93,7 +95,7 @@ def numpy_loop(model: CharRNN, streams: int, draw: bool, weights: str = "fp32") 
         for _ in range(n):
             logits, state = net.step(x, state)
             if draw:
-                x = npsample.draw(logits, cfg, rng)
+                x = draw_mod.draw(logits, cfg, rng)
 
     return run
 

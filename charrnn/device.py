@@ -1,4 +1,4 @@
-"""Device choice (auto/cpu/cuda/mps) and seeding."""
+"""Device choice (auto/cpu/cuda/mps), what a device can do (bf16), and seeding."""
 
 from __future__ import annotations
 
@@ -35,3 +35,23 @@ def _allow_tf32() -> None:
 
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """True where bf16 autocast has native kernels: CUDA, or a CPU whose oneDNN has a bf16
+    path (AVX-512 BF16 or AMX). Elsewhere torch emulates it, slower than fp32."""
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def check_precision(precision: str, device: torch.device) -> bool:
+    """True when training autocasts to bf16; raises CharRNNError where it cannot."""
+    if precision == "bf16" and not bf16_supported(device):
+        raise CharRNNError(
+            f"--precision bf16 needs a CUDA device or a CPU with bf16 instructions (AVX-512 BF16 or AMX); "
+            f"this {device.type} has none: use --precision fp32 here."
+        )
+    return precision == "bf16"

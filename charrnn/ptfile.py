@@ -21,7 +21,8 @@ the file names), then gives every member a budget before any member is read:
 A member whose declared size (the zip directory's uncompressed size: what a reader
 allocates, whatever its compression) exceeds its budget is refused, and so is a file whose
 storages together need more memory than is available. `read_fields` then checks every
-field of charrnn's format on these records, so neither reader meets a surprise.
+field of charrnn's format on these records, so neither reader meets a surprise. The file
+stays whole: each budget and field check is only as strong as the others beside it.
 """
 
 from __future__ import annotations

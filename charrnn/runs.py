@@ -4,7 +4,8 @@ and the one reader and writer of metrics.jsonl.
 A run folder holds last.pt, best.pt, kept step-N.pt, config.json, metrics.jsonl and
 .lock. Whoever trains a run holds its lock (`RunLock`) before reading anything of it;
 every file is replaced atomically or appended through a no-follow descriptor
-(charrnn.files), and a folder whose files are links is refused.
+(charrnn.files), and a folder whose files are links is refused. The file stays whole: the
+lock, the folder checks and the metrics writer guard the same files and are read together.
 """
 
 from __future__ import annotations

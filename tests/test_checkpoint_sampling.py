@@ -9,7 +9,7 @@ from charrnn.checkpoint import FORMAT_VERSION, Checkpoint, build_model, load_che
 from charrnn.config import ModelConfig, SampleConfig, TrainConfig
 from charrnn.errors import CharRNNError
 from charrnn.models.charrnn import CharRNN
-from charrnn.sample.numpy_engine import draw
+from charrnn.sample.draw import draw
 from charrnn.sample.torch_engine import generate
 from charrnn.data.vocab import build_vocab
 

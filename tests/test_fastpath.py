@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from charrnn.sample import fast_step as fastpath
+from charrnn.sample import step_base
 from charrnn.config import ModelConfig
 from charrnn.errors import CharRNNError
 from charrnn.sample.fast_step import (
@@ -255,7 +256,7 @@ def test_unknown_weight_mode_is_an_error() -> None:
 
 
 def test_int8_without_a_quantized_engine_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fastpath, "_int8_engine", lambda: None)
+    monkeypatch.setattr(step_base, "_int8_engine", lambda: None)
     assert available_weight_modes("cpu") == ["fp32", "bf16"]
     with pytest.raises(CharRNNError, match="use fp32 or bf16"):
         build_stepper(make_model("gru", 1), "int8")

@@ -9,6 +9,7 @@ import pytest
 from charrnn.sample import numpy_int8 as npint8
 
 from charrnn.sample import numpy_engine as npsample
+from charrnn.sample import numpy_net
 from charrnn.cli import app
 from test_npsample import saved_model
 
@@ -54,7 +55,7 @@ def test_fitted_tanh_and_sigmoid() -> None:
     assert np.abs(sig - 1 / (1 + np.exp(-v[::50].astype(np.float64)))).max() < 1e-5
 
 
-class _UnfusedInt8(npsample.NumpyNet):
+class _UnfusedInt8(numpy_net.NumpyNet):
     """The fp32 engine's NumPy gates on int8 products: what Int8Net's compiled layers fuse."""
 
     product = npint8.Int8Dense

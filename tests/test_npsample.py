@@ -17,6 +17,7 @@ from charrnn import ptfile
 from charrnn.cli import sample as cli_sample
 
 from charrnn.sample import numpy_engine as npsample
+from charrnn.sample.draw import draw
 from charrnn.checkpoint import Checkpoint, save_checkpoint
 from charrnn.cli import app
 from charrnn.config import ModelConfig, SampleConfig, TrainConfig
@@ -69,18 +70,18 @@ def test_numpy_step_matches_the_torch_fast_step_with_carried_state(tmp_path: Pat
 def test_draw_follows_temperature_top_k_and_top_p() -> None:
     logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]], np.float32))
     rng = np.random.default_rng(0)
-    assert npsample.draw(logits, SampleConfig(temperature=0), rng)[0] == 0
-    assert {int(npsample.draw(logits, SampleConfig(top_k=1), rng)[0]) for _ in range(50)} == {0}
-    assert {int(npsample.draw(logits, SampleConfig(temperature=1.0, top_k=2), rng)[0]) for _ in range(300)} == {0, 1}
+    assert draw(logits, SampleConfig(temperature=0), rng)[0] == 0
+    assert {int(draw(logits, SampleConfig(top_k=1), rng)[0]) for _ in range(50)} == {0}
+    assert {int(draw(logits, SampleConfig(temperature=1.0, top_k=2), rng)[0]) for _ in range(300)} == {0, 1}
     # top_p 0.7: 0.5 and 0.3 are kept (the mass before 0.3 is 0.5 < 0.7), the rest dropped.
-    assert {int(npsample.draw(logits, SampleConfig(temperature=1.0, top_p=0.7), rng)[0]) for _ in range(300)} == {0, 1}
+    assert {int(draw(logits, SampleConfig(temperature=1.0, top_p=0.7), rng)[0]) for _ in range(300)} == {0, 1}
     n = 20_000
     many = np.repeat(logits, n, 0)  # one row per draw: the batched draw
-    counts = Counter(npsample.draw(many, SampleConfig(temperature=1.0), rng).tolist())
+    counts = Counter(draw(many, SampleConfig(temperature=1.0), rng).tolist())
     for i, p in enumerate([0.5, 0.3, 0.15, 0.05]):
         assert abs(counts[i] / n - p) < 4 * math.sqrt(p * (1 - p) / n)
     # Temperature 0.5 squares the odds: p ~ [25, 9, 2.25, 0.25] / 36.5.
-    counts = Counter(npsample.draw(many, SampleConfig(temperature=0.5), rng).tolist())
+    counts = Counter(draw(many, SampleConfig(temperature=0.5), rng).tolist())
     assert abs(counts[0] / n - 25 / 36.5) < 0.015
 
 

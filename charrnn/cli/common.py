@@ -57,5 +57,5 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _fmt(x: float) -> str:
+def fmt_loss(x: float) -> str:
     return f"{x:.4f}" if math.isfinite(x) else "-"

@@ -13,7 +13,7 @@ from charrnn.cli.common import (
     RunArg,
     RunsDir,
     Table,
-    _fmt,
+    fmt_loss,
     err,
     fail,
     out,
@@ -61,7 +61,7 @@ def runs(
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(last_written(r)))
         table.add_row(r.dir.name, kind + (f" ({damage})" if damage else ""),
                       f"{_plain(m.get('num_layers'))}x{_plain(m.get('hidden_size'))}",
-                      str(summary["step"]), _fmt(summary["best_val"] / LN2), f"{disk_usage(r) / 1e6:.1f} MB", when)
+                      str(summary["step"]), fmt_loss(summary["best_val"] / LN2), f"{disk_usage(r) / 1e6:.1f} MB", when)
     out.print(table)
 
 
@@ -114,7 +114,7 @@ def info(run: RunArg = None, runs_dir: RunsDir = Path("checkpoints")) -> None:
     table.add_row("progress", f"step {number(p, 'step', 0):,.0f}, epoch {number(p, 'epoch', 0):.0f}, "
                               f"{number(p, 'elapsed', 0):.1f}s")
     best = number(p, "best_val", math.inf)
-    table.add_row("best val", f"{_fmt(best)} nats/char, {_fmt(best / LN2)} bits/char")
+    table.add_row("best val", f"{fmt_loss(best)} nats/char, {fmt_loss(best / LN2)} bits/char")
     table.add_row("corpus", escape(f"{ckpt.corpus.get('path', '?')} ({ckpt.corpus.get('chars', '?')} chars)"))
     if ckpt.nonfinite:
         table.add_row("[red]weights[/]", escape(f"non-finite values in {', '.join(ckpt.nonfinite[:3])}"))

@@ -18,7 +18,7 @@ from charrnn.cli.common import (
     Quiet,
     RunsDir,
     Table,
-    _fmt,
+    fmt_loss,
     err,
     out,
 )
@@ -372,7 +372,7 @@ def _run_training(mcfg: Any, tcfg: Any, data: Any, run: Any, corpus_info: dict, 
         for col in ("steps", "epochs", "best val nats/char", "best val bits/char", "chars/s", "time"):
             table.add_column(col, justify="right")
         table.add_row(f"{result.step:,}", f"{result.step / max(trainer.batcher.steps_per_epoch, 1):.2f}",
-                      _fmt(result.best_val), _fmt(result.best_val / LN2), f"{result.chars_per_s:,.0f}",
+                      fmt_loss(result.best_val), fmt_loss(result.best_val / LN2), f"{result.chars_per_s:,.0f}",
                       f"{result.elapsed:.1f}s")
         out.print(table)
         if result.skipped:

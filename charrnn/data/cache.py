@@ -19,7 +19,8 @@ its temp folder until after the rename, and the kernel drops a flock when its
 holder dies. So whoever can take a key's lock knows that key's temp folders are
 orphans and removes them. Unlike a pid in the name this needs no guess about pid
 reuse and holds when several machines share the data folder (NFS maps flock to
-its cluster-wide locks).
+its cluster-wide locks). The file stays whole: validating, building and cleaning up
+share one lock protocol.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from charrnn.sample.fast_step import FastStepper, _gate_order, _Linear
 from charrnn.models.charrnn import CharRNN, State
+from charrnn.sample.step_base import FastStepper, Linear, gate_order
 
 
 class PeepholeStepper(FastStepper):
@@ -30,11 +30,11 @@ class PeepholeStepper(FastStepper):
         with torch.no_grad():
             first = layers[0]
             self.table = torch.addmm(first.bias, model.embed.weight, first.weight_ih.t()).detach()
-            self.first_hh = _Linear([first.weight_hh], None, weights)
-            self.upper = [_Linear([m.weight_ih, m.weight_hh], m.bias, weights) for m in layers[1:]]
+            self.first_hh = Linear([first.weight_hh], None, weights)
+            self.upper = [Linear([m.weight_ih, m.weight_hh], m.bias, weights) for m in layers[1:]]
             # Per layer: (2, H) peepholes of i and f, (H,) of o.
             self.peep = [(m.peephole.detach()[:2], m.peephole.detach()[2]) for m in layers]
-            self.head = _Linear([model.head.weight], model.head.bias, "fp32")
+            self.head = Linear([model.head.weight], model.head.bias, "fp32")
         self.lins = [self.first_hh, *self.upper]
 
     def _buffers(self, batch: int) -> list[tuple[Tensor, ...]]:
@@ -91,20 +91,20 @@ class GatedFeedbackStepper(FastStepper):
         self.own = (0, 2, 3)[self.gf_kind] * H  # own-gate columns of a recurrent product
         cols = torch.arange(self.units + L)
         if self.gf_kind == 2:
-            cols = torch.cat([_gate_order(H, [0, 1, 3, 2]), torch.arange(4 * H, 4 * H + L)])
+            cols = torch.cat([gate_order(H, [0, 1, 3, 2]), torch.arange(4 * H, 4 * H + L)])
         with torch.no_grad():
             bias_in = stack.bias_in.detach()[:, cols]  # (L, K)
             w_in0 = stack.weight_in0.detach()[cols]  # (K, E)
             self.table = torch.addmm(bias_in[0], model.embed.weight.detach(), w_in0.t())
-            # weight_in is laid out (in, out): its transpose is the (N, K) a _Linear takes.
+            # weight_in is laid out (in, out): its transpose is the (N, K) a Linear takes.
             self.upper = [
-                _Linear([stack.weight_in[j - 1].detach()[:, cols].t()], bias_in[j], weights)
+                Linear([stack.weight_in[j - 1].detach()[:, cols].t()], bias_in[j], weights)
                 for j in range(1, L)
             ]
             self.weight_rec = stack.weight_rec.detach()  # (L, H, Krec)
-            self.rec = [_Linear([w.t()], None, weights) for w in self.weight_rec.unbind(0)]
+            self.rec = [Linear([w.t()], None, weights) for w in self.weight_rec.unbind(0)]
             self.bias_hn = stack.bias_hn.detach().unbind(0) if self.gf_kind == 1 else ()
-            self.head = _Linear([model.head.weight], model.head.bias, "fp32")
+            self.head = Linear([model.head.weight], model.head.bias, "fp32")
         self.lins = [*self.rec, *self.upper]
 
     def _buffers(self, batch: int) -> dict[str, Any]:

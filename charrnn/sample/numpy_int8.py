@@ -22,7 +22,8 @@ compiled call (product, gates, new state): NumPy's gate arithmetic cost about as
 much as the int8 products themselves.
 
 `available()` says whether numba is importable; without it charrnn uses torch's
-fbgemm int8 kernel (charrnn.sample.fast_step) instead.
+fbgemm int8 kernel (charrnn.sample.fast_step) instead. The file stays whole: the kernels
+are compiled together and share their constants and scratch layout.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 
 from charrnn.config import ModelConfig
 from charrnn.limits import int8_nonfinite_error
-from charrnn.sample.numpy_engine import _GATES, NumpyNet, nonfinite_arrays
+from charrnn.sample.numpy_net import GATES, NumpyNet, nonfinite_arrays
 
 try:
     import numba
@@ -327,7 +328,7 @@ _NO_COLUMNS = np.zeros((0, 0), np.float32)
 
 
 class Int8Net(NumpyNet):
-    """charrnn.sample.numpy_engine.NumpyNet with int8 weights, each layer one compiled call: the
+    """charrnn.sample.numpy_net.NumpyNet with int8 weights, each layer one compiled call: the
     product, the gates (with the fitted tanh above) and the new state."""
 
     product = Int8Dense
@@ -343,7 +344,7 @@ class Int8Net(NumpyNet):
         self.zero_ids: dict[int, np.ndarray] = {}
 
     def _buffers(self, batch: int) -> list[tuple[np.ndarray, ...]]:
-        width = _GATES[self.kind] * self.hidden  # gate pre-activations; GRU uses both
+        width = GATES[self.kind] * self.hidden  # gate pre-activations; GRU uses both
         return [(np.empty((batch, width), np.float32), np.empty((batch, width), np.float32)) for _ in range(self.layers)]
 
     def _inputs(self, i: int, inp: np.ndarray):

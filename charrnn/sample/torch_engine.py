@@ -2,7 +2,7 @@
 
 Each step turns the last logits into a distribution (temperature, top-k,
 top-p), draws one symbol with a seeded generator, and feeds it back. That loop
-and its draw (`charrnn.sample.numpy_engine.draw_text`, NumPy's PCG64) are the ones the
+and its draw (`charrnn.sample.draw.draw_text`, NumPy's PCG64) are the ones the
 torch-free engine runs: for the same seed every path -- the model's own forward,
 the fast step, the NumPy engine -- writes the same characters.
 """
@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from charrnn.config import SampleConfig
-from charrnn.errors import CharRNNError
-from charrnn.sample.fast_step import ModelStepper, Stepper, build_stepper
-from charrnn.models.charrnn import CharRNN
-from charrnn.sample.numpy_engine import draw_text, sampling_context
 from charrnn.data.vocab import Vocab
+from charrnn.errors import CharRNNError
+from charrnn.models.charrnn import CharRNN
+from charrnn.sample.draw import draw_text, sampling_context
+from charrnn.sample.fast_step import ModelStepper, Stepper, build_stepper
 
 
 def make_stepper(model: CharRNN, weights: str = "fp32") -> Stepper:

@@ -1,7 +1,9 @@
 """The training loop: truncated BPTT over contiguous streams, AdamW, warm-up + cosine,
 gradient clipping, periodic validation and checkpoints, exact resume.
 
-Progress is reported through `on_event(dict)`; nothing here prints.
+Progress is reported through `on_event(dict)`; nothing here prints. The file stays whole
+around `Trainer`, one state machine (step, validate, save, roll back, resume) whose state
+would otherwise be shared across modules.
 """
 
 from __future__ import annotations
@@ -9,28 +11,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charrnn.data.batching import StreamBatcher, eval_chunks
 from charrnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from charrnn.config import ModelConfig, TrainConfig
+from charrnn.data.batching import StreamBatcher
 from charrnn.data.corpus import Prepared, split
-from charrnn.train.distributed import Dist
+from charrnn.device import bf16_supported, check_precision  # noqa: F401  (re-exported)
 from charrnn.errors import CharRNNError
-from charrnn.models.charrnn import CharRNN, State, detach_state
-from charrnn.files import atomic_write_text, os_error
+from charrnn.files import atomic_write_text, file_identity, link_or_copy, os_error
 from charrnn.limits import check_memory, model_nbytes_for_training
+from charrnn.models.charrnn import CharRNN, detach_state
 from charrnn.runs import RunLock, RunPaths, append_event, keep_events_until
+from charrnn.train.distributed import Dist
+from charrnn.train.evaluate import VAL_CHUNK, evaluate
 
 BAD_STEPS_BEFORE_ROLLBACK = 3  # consecutive non-finite steps before rolling back
-VAL_CHUNK = 256  # characters per validation forward (state carried across: only speed depends on it)
 
 Event = dict[str, Any]
 
@@ -49,30 +50,6 @@ class TrainResult:
     run: RunPaths
 
 
-def _link_or_copy(src: "os.PathLike[str]", dst: "os.PathLike[str]") -> None:
-    """Make dst a copy of src atomically; a hard link costs no disk and no time."""
-    import shutil
-    from pathlib import Path
-
-    tmp = Path(dst).with_name(f".{Path(dst).name}.link.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def file_identity(path: "os.PathLike[str]") -> tuple[int, ...] | None:
-    """Which file is at `path` now (device, inode, size, mtime), or None when there is none.
-    Every checkpoint write renames a new file into place, so any write changes it."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-
-
 def lr_at(cfg: TrainConfig, progress: float) -> float:
     """Linear warm-up over the first `warmup` of the run, then cosine down to min_lr_ratio."""
     if cfg.warmup > 0 and progress < cfg.warmup:
@@ -80,25 +57,6 @@ def lr_at(cfg: TrainConfig, progress: float) -> float:
     span = max(1.0 - cfg.warmup, 1e-9)
     q = min(max((progress - cfg.warmup) / span, 0.0), 1.0)
     return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * q)))
-
-
-@torch.no_grad()
-def evaluate(model: CharRNN, tokens: np.ndarray, batch_size: int, seq_len: int, device: torch.device) -> float:
-    """Mean cross-entropy (nats/char) over `tokens`, state carried across chunks."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    state: State | None = None
-    for x, y in eval_chunks(tokens, batch_size, seq_len):
-        xb = torch.from_numpy(x).to(device)
-        yb = torch.from_numpy(y).to(device)
-        if state is None:
-            state = model.init_state(xb.shape[0], device)
-        logits, state = model(xb, state)
-        total += F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="sum").item()
-        count += yb.numel()
-    model.train(was_training)
-    return total / max(count, 1)
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -113,26 +71,6 @@ def _set_rng_state(rng: dict[str, Any], device: torch.device) -> None:
         torch.set_rng_state(rng["torch"])
     if device.type == "cuda" and "cuda" in rng:
         torch.cuda.set_rng_state(rng["cuda"], device)
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """True where bf16 autocast has native kernels: CUDA, or a CPU whose oneDNN has a bf16
-    path (AVX-512 BF16 or AMX). Elsewhere torch emulates it, slower than fp32."""
-    if device.type == "cuda":
-        return True
-    if device.type == "cpu":
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
-
-
-def check_precision(precision: str, device: torch.device) -> bool:
-    """True when training autocasts to bf16; raises CharRNNError where it cannot."""
-    if precision == "bf16" and not bf16_supported(device):
-        raise CharRNNError(
-            f"--precision bf16 needs a CUDA device or a CPU with bf16 instructions (AVX-512 BF16 or AMX); "
-            f"this {device.type} has none: use --precision fp32 here."
-        )
-    return precision == "bf16"
 
 
 class Trainer:
@@ -287,9 +225,9 @@ class Trainer:
             save_checkpoint(ckpt, run.last)
             self.last_written = file_identity(run.last)
             if best:
-                _link_or_copy(run.last, run.best)
+                link_or_copy(run.last, run.best)
             if self.cfg.keep_last:
-                _link_or_copy(run.last, run.dir / f"step-{self.step:08d}.pt")
+                link_or_copy(run.last, run.dir / f"step-{self.step:08d}.pt")
                 for old in sorted(run.dir.glob("step-*.pt"))[: -self.cfg.keep_last]:
                     old.unlink(missing_ok=True)
         except OSError as exc:
