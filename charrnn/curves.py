@@ -1,4 +1,4 @@
-"""Learning curves of a run: read metrics.jsonl, draw a small text plot.
+"""Learning curves of a run: read metrics.jsonl, draw a small text plot or a picture.
 
 metrics.jsonl has one JSON object per line with at least "event" ("train" or
 "eval"), "step", "time" (seconds since start), and "train_loss" (train
@@ -95,3 +95,35 @@ def text_plot(curves: Curves, width: int = 60, height: int = 12) -> list[str]:
     left, right = f"step {lo_s}", f"{hi_s}"
     lines.append(" " * (pad + 2) + left + " " * max(1, width - len(left) - len(right)) + right)
     return lines
+
+
+def plot_curves(curves: Curves, out: Path) -> None:
+    """Draw train and validation loss against step to `out` (.png, .svg or .pdf).
+
+    Raises CharRNNError when matplotlib is missing or the file cannot be written.
+    """
+    try:
+        import matplotlib  # type: ignore[import-not-found,unused-ignore]
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        raise CharRNNError("plot needs matplotlib: pip install 'charrnn[plot]' (or matplotlib).")
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    if curves.train:
+        steps, losses = [p.step for p in curves.train], [p.loss for p in curves.train]
+        ax.plot(steps, losses, lw=1, alpha=0.6, label="train")
+    if curves.val:
+        steps, losses = [p.step for p in curves.val], [p.loss for p in curves.val]
+        ax.plot(steps, losses, "o-", lw=2, ms=3, label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/char)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(out, bbox_inches="tight")
+    except (OSError, ValueError) as exc:
+        raise CharRNNError(f"cannot write '{out}': {exc}.")
+    finally:
+        plt.close(fig)

@@ -1,7 +1,9 @@
-"""Activations, features, online statistics, gate counts and export, at tiny sizes."""
+"""Activations, features, online statistics, gate counts, export and the reports the neuron
+commands render (charrnn.neurons.reports), at tiny sizes."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import cast
 
@@ -9,6 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from charrnn.checkpoint import Checkpoint
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.data.vocab import build_vocab
+from charrnn.errors import CharRNNError
+from charrnn.models.charrnn import CharRNN, FusedStack
 from charrnn.neurons.activations import (
     Chunk,
     Recorder,
@@ -21,12 +28,20 @@ from charrnn.neurons.activations import (
     stack_activations,
     write_npz,
 )
-from charrnn.config import ModelConfig
-from charrnn.errors import CharRNNError
 from charrnn.neurons.features import FEATURES, compute_feature, compute_features
-from charrnn.models.charrnn import CharRNN, FusedStack
+from charrnn.neurons.reports import (
+    GATE_HEAD,
+    cells_rows,
+    colour_scale,
+    count_gates,
+    gate_rows,
+    gate_unit_rows,
+    inspect_rows,
+    inspect_units,
+    read_input,
+    scan_cells,
+)
 from charrnn.neurons.unitstats import GateCounts, Moments, UnitScan, rank_units, summarise_gates
-from charrnn.data.vocab import build_vocab
 
 KINDS = {
     "lstm": ["input", "forget", "output", "cell", "hidden"],
@@ -314,3 +329,77 @@ def test_stacks_that_report_their_own_activations(kind: str, kinds: list[str]) -
         out, _ = model.stack(model.embed(torch.from_numpy(ids)[None]), model.init_state(1))
     np.testing.assert_allclose(recorder.values["hidden"][-1], out[0].numpy(), atol=1e-5)
     assert all(((f >= 0) & (f <= 1)).all() for pair in counts.fractions().values() for f in pair)
+
+
+def tiny_checkpoint(kind: str, text: str) -> tuple[Checkpoint, CharRNN]:
+    vocab = build_vocab(text)
+    model = tiny_model(kind, vocab_size=len(vocab))
+    return Checkpoint(model.cfg, TrainConfig(), vocab, model.state_dict()), model
+
+
+class _Stdin(io.StringIO):
+    def isatty(self) -> bool:
+        return False
+
+
+def test_read_input_takes_text_file_or_stdin(tmp_path: Path) -> None:
+    path = tmp_path / "t.txt"
+    path.write_text("from a file", encoding="utf-8")
+    assert read_input("é", None, False, None) == "é"
+    assert read_input("é", None, True, None) == "\xc3\xa9"  # a byte-level model reads UTF-8 bytes
+    assert read_input(None, path, False, None) == "from a file"
+    assert read_input(None, None, False, _Stdin("piped")) == "piped"
+    with pytest.raises(CharRNNError, match="either with --text or with --file"):
+        read_input("a", path, False, None)
+    with pytest.raises(CharRNNError, match="no text"):
+        read_input(None, None, False, None)
+
+
+def test_colour_scale_is_one_for_bounded_kinds_and_a_percentile_for_cells() -> None:
+    values = np.linspace(-10, 10, 101)
+    assert colour_scale("hidden", values) == colour_scale("forget", values) == 1.0
+    assert colour_scale("cell", values) == pytest.approx(9.0)
+    assert colour_scale("cell", np.zeros(5)) == colour_scale("cell", np.zeros(0)) == 1.0
+
+
+def test_inspect_report_and_its_rows() -> None:
+    text = "ab\tba\nab"
+    ckpt, model = tiny_checkpoint("lstm", text)
+    report = inspect_units(ckpt, model, text, layer=0, unit=3, predictions=2)
+    assert report.kind == "cell" and report.units == [(0, 3)] and report.text == text
+    rows = inspect_rows(report)
+    assert rows[0] == ["pos", "char", "L0.cell.3", "next1", "p1", "next2", "p2"]
+    assert [r[1] for r in rows[1:]] == ["a", "b", "\\t", "b", "a", "\\n", "a", "b"]
+    assert float(rows[1][2]) == pytest.approx(float(report.values[0, 0, 3]), abs=1e-4)
+    top = inspect_units(ckpt, model, text, kind="hidden", top_units=3)
+    variance = top.values.var(axis=1)  # (L, U)
+    assert [variance[l, u] for l, u in top.units] == sorted(variance.ravel(), reverse=True)[:3]
+    with pytest.raises(CharRNNError, match="no 'reset' activations"):
+        inspect_units(ckpt, model, text, kind="reset")
+
+
+def test_cells_report_ranks_and_exports(tmp_path: Path) -> None:
+    text = 'say "hi there" and "bye now" ' * 20
+    ckpt, model = tiny_checkpoint("gru", text)
+    report = scan_cells(ckpt, model, text, top=4, kind="hidden", excerpt=30, export=tmp_path / "a.npz")
+    assert len(report.scores) == 4 and all(s.kind == "hidden" for s in report.scores)
+    assert [abs(s.value) for s in report.scores] == sorted((abs(s.value) for s in report.scores), reverse=True)
+    assert len(report.excerpt) == 30 and report.start <= text.index('"')
+    assert cells_rows(report.scores)[0] == ["rank", "layer", "unit", "kind", "r"]
+    with np.load(tmp_path / "a.npz", allow_pickle=False) as data:
+        assert data["reset"].shape == (2, len(text), 8)
+    with pytest.raises(CharRNNError, match="constant"):
+        scan_cells(ckpt, model, "say hi and bye", feature="inside-quotes")
+
+
+def test_gate_reports_have_a_row_per_layer_and_gate() -> None:
+    text = "abc cab bca " * 10
+    ckpt, model = tiny_checkpoint("gru", text)
+    counts, n = count_gates(ckpt, model, text)
+    assert n == len(text)
+    assert [(r[0], r[1]) for r in gate_rows(counts)] == [(l, g) for l in "01" for g in ("reset", "update")]
+    assert all(len(r) == len(GATE_HEAD) for r in gate_rows(counts))
+    assert len(gate_unit_rows(counts)) == 1 + 2 * 2 * 8
+    rnn, rnn_model = tiny_checkpoint("rnn", text)
+    with pytest.raises(CharRNNError, match="the rnn model has no gates"):
+        count_gates(rnn, rnn_model, text)

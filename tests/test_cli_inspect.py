@@ -1,4 +1,6 @@
-"""inspect, cells, gates, view, curves and plot through CliRunner on tiny checkpoints."""
+"""inspect, cells, gates, view, curves and plot through CliRunner on tiny checkpoints.
+
+The analysis behind them (charrnn.neurons.reports) is tested in tests/test_activations.py."""
 
 from __future__ import annotations
 
@@ -14,15 +16,13 @@ from typing import cast
 import numpy as np
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 from charrnn.checkpoint import Checkpoint, save_checkpoint
-from charrnn.cli import handle_errors
-from charrnn.cli.neurons import register
+from charrnn.cli import app
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.models.charrnn import CharRNN, FusedStack
 from charrnn.data.vocab import Vocab, build_vocab
+from charrnn.models.charrnn import CharRNN, FusedStack
 
 
 def make_dialogue(n_chars: int, seed: int = 0) -> str:
@@ -70,8 +70,6 @@ def make_dialogue(n_chars: int, seed: int = 0) -> str:
 DIALOGUE = make_dialogue(1500)
 QUOTE_UNIT = 5  # the planted unit of layer 0
 
-app = typer.Typer()
-register(app, wrap=handle_errors)
 runner = CliRunner()
 
 
@@ -260,11 +258,28 @@ def test_inspect_export(runs: dict[str, Path], tmp_path: Path) -> None:
         ),
         (("--text", "hi", "--file", "x.txt"), "either with --text or with --file"),
         (("--file", "missing.txt"), "file 'missing.txt' does not exist"),
-        (("--text", "hi", "--unknown", "maybe"), "choose error or skip"),
     ],
 )
 def test_inspect_user_errors(runs: dict[str, Path], args: tuple[object, ...], pattern: str) -> None:
     assert_user_error(invoke("inspect", runs["gru"], *args), pattern)
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "choices"),
+    [
+        ("inspect", ("--text", "hi", "--unknown", "maybe"), "'error', 'skip'"),
+        ("inspect", ("--text", "hi", "--kind", "cells"), "'cell', 'hidden', 'input'"),
+        ("cells", ("x.txt", "--kind", "gate"), "'cell', 'hidden', 'input'"),
+        ("gates", ("x.txt", "--unknown", "drop"), "'error', 'skip'"),
+        ("view", ("x.txt", "--unknown", "drop"), "'error', 'skip'"),
+    ],
+)
+def test_a_choice_outside_its_list_is_a_usage_error_listing_the_choices(
+    runs: dict[str, Path], command: str, args: tuple[object, ...], choices: str
+) -> None:
+    result = invoke(command, runs["gru"], *args)
+    message = " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.stderr).split())  # the framed message, unwrapped
+    assert result.exit_code == 2 and choices in message, result.output
 
 
 def test_inspect_unknown_skip(runs: dict[str, Path]) -> None:
@@ -458,13 +473,11 @@ def test_plot_writes_a_png_or_asks_for_matplotlib(runs: dict[str, Path], tmp_pat
 
 def test_commands_on_a_run_trained_by_the_main_cli(tmp_path: Path) -> None:
     """Wiring into `charrnn` and the run layout train writes (run names, metrics.jsonl)."""
-    from charrnn.cli import app as main_app
-
     corpus = tmp_path / "dialogue.txt"
     corpus.write_text(make_dialogue(2000, seed=1), encoding="utf-8")
     runs_dir = ["--runs-dir", str(tmp_path / "runs")]
     train = runner.invoke(
-        main_app,
+        app,
         ["train", str(corpus), "--name", "tiny", "--hidden", "16", "--layers", "1",
          "--batch-size", "4", "--seq-len", "16", "--max-steps", "10", "--eval-every", "5",
          "--data-dir", str(tmp_path / "data"), "--quiet", *runs_dir],
@@ -479,8 +492,8 @@ def test_commands_on_a_run_trained_by_the_main_cli(tmp_path: Path) -> None:
         ["view", "tiny", str(corpus), "--out", str(tmp_path / "page.html")],
         ["curves", "tiny"],
     ):
-        result = runner.invoke(main_app, [*args, *runs_dir])
+        result = runner.invoke(app, [*args, *runs_dir])
         assert result.exit_code == 0, (args, result.output)
     assert "<polyline" in (tmp_path / "page.html").read_text(encoding="utf-8")
-    missing = runner.invoke(main_app, ["inspect", "nope", *text, *runs_dir])
+    missing = runner.invoke(app, ["inspect", "nope", *text, *runs_dir])
     assert missing.exit_code == 1 and missing.stderr.startswith("error: unknown run")

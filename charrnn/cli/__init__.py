@@ -21,7 +21,7 @@ app = typer.Typer(
 
 for _name, _command in {
     "prepare": train.prepare, "train": train.train, "sample": sample.sample, "eval": sample.evaluate_cmd,
-    "runs": runs.runs, "info": runs.info, **neurons.COMMANDS,
+    "runs": runs.runs, "info": runs.info, "curves": runs.curves_cmd, "plot": runs.plot_cmd, **neurons.COMMANDS,
 }.items():
     app.command(_name)(handle_errors(_command))
 

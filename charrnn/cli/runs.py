@@ -1,4 +1,5 @@
-"""The `runs` and `info` commands: what runs there are, and one run in detail."""
+"""Run-level commands: `runs` (what runs there are), `info` (one run in detail), `curves`
+and `plot` (a run's learning curves, as text or as a picture)."""
 
 import json
 import math
@@ -13,9 +14,9 @@ from charrnn.cli.common import (
     RunArg,
     RunsDir,
     Table,
-    fmt_loss,
     err,
     fail,
+    fmt_loss,
     out,
 )
 from charrnn.errors import CharRNNError
@@ -96,18 +97,18 @@ def info(run: RunArg = None, runs_dir: RunsDir = Path("checkpoints")) -> None:
     """Show one run: model, training settings, progress, best validation loss."""
     from rich.markup import escape
 
+    from charrnn.limits import parameter_count
     from charrnn.runs import number, resolve_checkpoint
 
     path = resolve_checkpoint(run, runs_dir, prefer="last")
     ckpt, path, damage = _load_for_info(path)
-    params = sum(t.numel() for t in ckpt.model_state.values())
     p = ckpt.progress
     table = Table(show_header=False, title=str(path))
     if damage:
         table.add_row("[red]damaged[/]", escape(damage))
     m = ckpt.model_config
     table.add_row("model", f"{m.model} {m.num_layers}x{m.hidden_size}, embed {m.embedding_size}, dropout {m.dropout}")
-    table.add_row("parameters", f"{params:,}")
+    table.add_row("parameters", f"{parameter_count(m):,}")
     table.add_row("vocabulary", f"{len(ckpt.vocab)} {'bytes' if ckpt.vocab.byte_level else 'characters'}")
     t = ckpt.train_config
     table.add_row("training", f"B={t.batch_size} T={t.seq_len} lr={t.lr} clip={t.grad_clip} seed={t.seed}")
@@ -121,8 +122,6 @@ def info(run: RunArg = None, runs_dir: RunsDir = Path("checkpoints")) -> None:
     out.print(table)
     metrics = path.parent / "metrics.jsonl"
     if metrics.is_file():
-        from charrnn.cli.neurons import show_curves
-
         try:
             show_curves(metrics, out)
         except CharRNNError:  # a run with no losses logged yet has no curves to show
@@ -144,3 +143,81 @@ def _load_for_info(path: Path) -> tuple[Any, Path, str]:
             return load_checkpoint(other), other, f"{path.name}: {exc}"
         except CharRNNError:
             raise exc from None
+
+
+NoColor = Annotated[
+    bool,
+    typer.Option("--no-color", help="Print a plain tab-separated table (also when NO_COLOR is set or output is not a terminal)."),
+]
+
+
+def _run_folder(run: str | None, runs_dir: Path) -> Path:
+    """The folder of `run`: a folder given as is, a run name, or the folder of its checkpoint."""
+    from charrnn.runs import resolve_checkpoint
+
+    for candidate in [Path(run), runs_dir / run] if run else []:
+        if candidate.is_dir():
+            return candidate
+    return resolve_checkpoint(run, runs_dir).parent
+
+
+def curves_cmd(
+    run: RunArg = None,
+    width: Annotated[int, typer.Option("--width", min=10, help="Plot width in characters.")] = 60,
+    height: Annotated[int, typer.Option("--height", min=3, help="Plot height in lines.")] = 12,
+    no_color: NoColor = False,
+    runs_dir: RunsDir = Path("checkpoints"),
+) -> None:
+    """Show a run's train and validation loss curves from its metrics.jsonl."""
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    plain = no_color or console.no_color or not console.is_terminal
+    show_curves(_run_folder(run, runs_dir) / "metrics.jsonl", console, plain, width, height)
+
+
+def show_curves(path: Path, console: Any, plain: bool = False, width: int = 60, height: int = 12) -> None:
+    """Print the curves of a metrics.jsonl: a text plot and a summary, or a TSV when plain.
+
+    Raises CharRNNError when the file is missing or holds no losses.
+    """
+    from rich.markup import escape
+    from rich.text import Text
+
+    from charrnn.curves import read_curves, text_plot
+
+    curves = read_curves(path)
+    if plain:
+        typer.echo("event\tstep\ttime\tloss")
+        for event, series in (("train", curves.train), ("eval", curves.val)):
+            for p in series:
+                typer.echo(f"{event}\t{p.step}\t{p.time:.1f}\t{p.loss:.4f}")
+        if curves.skipped:
+            typer.echo(f"{curves.skipped} damaged line(s) of {path} skipped", err=True)
+        return
+    console.print(f"[bold]{escape(str(path))}[/]  [dim]· train[/]  [red]● validation[/]  (nats/char)")
+    for line in text_plot(curves, width, height):
+        drawn = Text()
+        for ch in line:
+            drawn.append(ch, style="red" if ch == "●" else "dim" if ch == "·" else "")
+        console.print(drawn)
+    best, last = curves.best_val, (curves.train[-1] if curves.train else None)
+    if last:
+        console.print(f"last train loss {last.loss:.4f} at step {last.step} ({last.time:.0f} s)")
+    if best:
+        console.print(f"best val loss {best.loss:.4f} ({best.loss / LN2:.3f} bits/char) at step {best.step},"
+                      f" {len(curves.val)} evaluations")
+    if curves.skipped:
+        console.print(f"[yellow]{curves.skipped} damaged line(s) of {escape(str(path))} skipped[/]")
+
+
+def plot_cmd(
+    run: RunArg = None,
+    out_file: Annotated[Path, typer.Option("--out", help="Picture to write (.png, .svg or .pdf).")] = Path("curve.png"),
+    runs_dir: RunsDir = Path("checkpoints"),
+) -> None:
+    """Draw a run's train and validation loss curves to a picture (needs matplotlib)."""
+    from charrnn.curves import plot_curves, read_curves
+
+    plot_curves(read_curves(_run_folder(run, runs_dir) / "metrics.jsonl"), out_file)
+    err.print(f"wrote {out_file}", markup=False, highlight=False)

@@ -4,8 +4,8 @@
 a corpus far larger than memory works. The encoded corpus lives in the prepared-data
 cache (charrnn/data/cache.py: `<data_dir>/cache/<sha256[:16]>-<encoding>[-v<hash>]/`),
 which is checked against pass 1 every time it is opened and rebuilt when damaged.
-`read_text` (prime and eval text) decodes exactly as `prepare` does. The file stays
-whole: both readers must share the one decoder and its error messages.
+`read_text` (prime and eval text) decodes exactly as `prepare` does.
+The file stays whole: both readers must share the one decoder and its error messages.
 """
 
 from __future__ import annotations

@@ -4,14 +4,13 @@ The recurrent part is a "stack": any module with
     forward(x (B, T, E), state) -> (out (B, T, H), state)
 where `state` is a tuple of tensors, each (L, B, H): (h, c) for LSTM kinds,
 (h,) for the others. Kinds listed in `FUSED_MODELS` use one torch module per
-layer (cuDNN / oneDNN kernels); further kinds register their stack class in
-`STACKS`.
+layer (cuDNN / oneDNN kernels); the other kinds use the stacks of
+charrnn.models.custom. `_stack_for` holds the one table kind -> stack class.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -67,8 +66,8 @@ class FusedStack(nn.Module):
         self.weight_drop = cfg.weight_drop
         self.is_lstm = cfg.model == "lstm"
         # Biases keep torch's init, U(-1/sqrt(H), 1/sqrt(H)). A forget-gate bias of 1 (Gers et
-        # al. 2000) made 2x256 0.05 nats/char worse after 300 steps on tiny-shakespeare
-        # (benchmarks/plain_lstm.py), and runs planned for a time budget are that short.
+        # al. 2000) slows the first few hundred steps, and runs planned for a time budget are
+        # that short (see benchmarks/RESULTS.md, "Planner calibration", forget-gate bias).
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         new: list[list[Tensor]] = [[] for _ in state]
@@ -94,14 +93,21 @@ class FusedStack(nn.Module):
             return torch.func.functional_call(layer, dropped, (x, hx))
 
 
-# model kind -> stack class; extra kinds add themselves here (see charrnn.models.custom).
-STACKS: dict[str, Callable[[ModelConfig], nn.Module]] = {k: FusedStack for k in _TORCH_MODULES}
-
-
 def _stack_for(cfg: ModelConfig) -> nn.Module:
-    if cfg.model not in STACKS:
-        import charrnn.models.custom  # noqa: F401  registers the non-fused kinds
-    return STACKS[cfg.model](cfg)
+    """The recurrent stack of `cfg.model`: the one table of model kind -> stack class."""
+    if cfg.model in _TORCH_MODULES:
+        return FusedStack(cfg)
+    # Imported here, not at the top: custom.py compiles its time loops with TorchScript
+    # when imported, which models of the fused kinds never need to pay for.
+    from charrnn.models.custom import GatedFeedbackStack, PeepholeLSTMStack
+
+    stacks: dict[str, type[nn.Module]] = {
+        "peephole-lstm": PeepholeLSTMStack,
+        "gf-rnn": GatedFeedbackStack,
+        "gf-gru": GatedFeedbackStack,
+        "gf-lstm": GatedFeedbackStack,
+    }
+    return stacks[cfg.model](cfg)
 
 
 class CharRNN(nn.Module):
@@ -133,4 +139,6 @@ def detach_state(state: State, dtype: torch.dtype | None = None) -> State:
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Parameters of a built model; for a CharRNN it equals charrnn.limits.parameter_count(cfg),
+    the formula that counts from the config alone (tests/test_trust_checkpoint.py checks every kind)."""
     return sum(p.numel() for p in model.parameters())

@@ -1,6 +1,6 @@
 """Recurrent stacks beyond torch's fused modules: peephole LSTM and gated-feedback RNNs.
 
-Kinds registered into `charrnn.models.charrnn.STACKS` on import:
+Stacks for the kinds below; charrnn.models.charrnn picks them by `ModelConfig.model`:
 
 - `peephole-lstm` (Gers & Schmidhuber 2000): the input and forget gates see c(t-1),
   the output gate sees c(t), through per-unit (diagonal) weights.
@@ -21,6 +21,9 @@ layer above needs the layer below at the same step). The time loops are TorchScr
 functions, scripted at import and run with the graph executor's optimisation off: on
 CPU it has no fuser to offer, and its profiling pass would spend seconds re-optimising
 at each new shape or grad mode (training, evaluation, sampling one step at a time).
+
+The file stays whole: the scripted loops and the stacks that call them share their
+gate layouts.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import Tensor, nn
 
-from charrnn.models import charrnn as _model
 from charrnn.config import ModelConfig
 
 State = tuple[Tensor, ...]
@@ -331,7 +333,3 @@ class GatedFeedbackStack(nn.Module):
         named["feedback"] = gates.permute(1, 2, 0, 3)
         return out, new_state, named
 
-
-_model.STACKS["peephole-lstm"] = PeepholeLSTMStack
-for _name in _GF_KINDS:
-    _model.STACKS[_name] = GatedFeedbackStack

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from charrnn.config import Unknown
+from charrnn.data.vocab import Vocab, unknown_error
 from charrnn.errors import CharRNNError
 from charrnn.models.charrnn import CharRNN, FusedStack
-from charrnn.data.vocab import Vocab, unknown_error
 
 # Kinds that are sigmoid gates, with values in [0, 1]; gate statistics use these.
 GATE_KINDS = ("input", "forget", "output", "reset", "update", "feedback")
@@ -145,14 +146,12 @@ def check_selection(
         )
 
 
-def encode_text(text: str, vocab: Vocab, unknown: str = "error") -> tuple[str, np.ndarray]:
+def encode_text(text: str, vocab: Vocab, unknown: Unknown = "error") -> tuple[str, np.ndarray]:
     """Text -> (the text kept, ids (N,) int64).
 
     unknown='error' raises CharRNNError listing characters outside the vocabulary;
     'skip' drops them. Raises CharRNNError for an empty text.
     """
-    if unknown not in ("error", "skip"):
-        raise CharRNNError(f"unknown value '{unknown}' for --unknown: choose error or skip.")
     missing = vocab.missing(text)
     if missing and unknown == "skip":
         dropped = set(missing)

@@ -20,6 +20,9 @@ step is skipped, the validation result) is agreed through a collective, so no
 rank waits for one that has already left.
 
 `Dist()` is the single-process context: every helper is then a no-op.
+
+The file stays whole: every collective here must be called by all ranks in the same
+order, which is easiest to check when they sit together.
 """
 
 from __future__ import annotations

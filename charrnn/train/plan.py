@@ -3,7 +3,7 @@
 Given the time budget, the corpus size and the device, `plan_run` picks the
 settings a user did not give on the command line:
 
-- precision: on a CPU with bf16 instructions (AMX, AVX-512 BF16) one size is
+- precision: on a CPU with bf16 matrix instructions one size is
   timed in fp32 and in bf16 autocast, and bf16 is used where it is clearly faster;
 - size: a few training steps of growing 2-layer LSTMs are timed on the device
   (the probe, a few seconds); the largest size that still sees at least
@@ -21,9 +21,12 @@ settings a user did not give on the command line:
   the scored prefix of the val split) so that validating costs a few percent of
   the budget.
 
-The constants below were calibrated on tiny-shakespeare on a 2-core CPU and an
-H100/H200 (benchmarks/quality.py, RESULTS.md). Every choice is reported and a
-flag given by the user always wins.
+The constants below were calibrated on tiny-shakespeare on CPUs and GPUs with
+benchmarks/quality.py; the runs behind each are in benchmarks/RESULTS.md, "Planner
+calibration". Every choice is reported and a flag given by the user always wins.
+
+The file stays whole: the probe, the size rule and the schedule rules are one decision,
+each tuned against the others (benchmarks/RESULTS.md, "Planner calibration").
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from charrnn.config import ModelConfig
+from charrnn.limits import parameter_count
 from charrnn.train.loop import bf16_supported
 
 # Named fixed sizes for `--preset`: model and batch settings (dropout stays automatic).
@@ -49,40 +53,35 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # Size ladders probed, smallest first, and the batch shape used with them.
 LADDER = {"cpu": (128, 256, 384, 512, 768, 1024), "gpu": (256, 512, 768, 1024, 1536, 2048)}
-# On a CPU T=128 lost to T=64 even with updates to spare: 2x768, B=64, 10 minutes on the AMX
-# Xeon reached 1.450 with T=128 at 960 steps against 1.419 with T=64 at 962 steps.
+# On a CPU the longest BPTT length is 64: T=128 lost to T=64 even with as many updates
+# (see benchmarks/RESULTS.md, "Planner calibration", BPTT length).
 SHAPE = {"cpu": (32, 64), "gpu": (128, 256)}  # (batch_size, longest seq_len)
-# bf16 autocast on a CPU with AMX or AVX-512 BF16 (oneDNN) is chosen when the probe finds it at
-# least this much faster than fp32; elsewhere torch emulates bf16 and it is slower. Its matrix
-# units want taller products: on a 2-core Xeon with AMX, a 2x512 step ran 13.4k chars/s at
-# B=32 and 21.6k at B=64 (T=32), so bf16 on a CPU plans twice the batch.
+# bf16 autocast on a CPU with bf16 matrix instructions (oneDNN) is chosen when the probe finds
+# it at least this much faster than fp32; elsewhere torch emulates bf16 and it is slower. Those
+# matrix units want taller products, so bf16 on a CPU plans twice the batch (see
+# benchmarks/RESULTS.md, "Planner calibration", bf16 batch).
 BF16_MIN_GAIN = 1.2
 BF16_CPU_BATCH = 64
 # Truncated-BPTT length: the longest of MIN_SEQ, 2 x MIN_SEQ, 4 x MIN_SEQ ... (up to the
 # shape's longest) that still leaves the budget about MIN_STEPS optimizer steps. Both the
-# context a gradient sees and the number of updates count: on a 2-core Xeon with AMX (bf16),
-# 2x768, B=64 in 10 minutes reached 1.4435 nats/char with T=32 (2,103 steps), 1.4192 with
-# T=64 (962) and 1.5181 with T=128 (631); in 100 s, 2x384 reached 1.473 with T=32 (1,475
-# steps) and 1.557 with T=64 (786; 840 planned). At 900, 2x768 takes T=64 in 10 minutes for a
-# probe of 6.6k chars/s or more (its probes on 2026-12-01 ranged 5.6-14.9k).
+# context a gradient sees and the number of updates count, and about 900 steps was where the
+# longer length stopped paying (see benchmarks/RESULTS.md, "Planner calibration", BPTT length).
 MIN_STEPS = 900
 MIN_SEQ = 32
 # Peak learning rate at a reference size (hidden, batch); it scales as 1/sqrt(hidden) and
-# batch^(1/4). CPU: 2x256, B=32 in 100 s reached 1.733 at 3e-3, 1.630 at 5e-3, 1.677 at 8e-3.
+# batch^(1/4). The CPU reference is the best of a learning-rate sweep (see
+# benchmarks/RESULTS.md, "Planner calibration", learning rate).
 LR = {"cpu": (5e-3, 256, 32), "gpu": (2e-3, 1024, 128)}
 # Embedding width. On a CPU a narrow one saves a fifth of a 2x512 step's arithmetic (the
 # first layer's input is a lookup of rank <= vocab anyway); on a GPU that costs nothing,
-# while dropout on a narrow embedding hides the input character: measured on an H100,
-# 2x1024 with dropout 0.5 reached 1.551 with 64 wide and ~1.40 with 1024 wide in 60 s.
+# while dropout on a narrow embedding hides the input character and costs quality there
+# (see benchmarks/RESULTS.md, "Planner calibration", embedding width).
 EMBED = {"cpu": 64, "gpu": 0}  # 0 = hidden size
 CHARS_PER_PARAM = 1.0  # training characters per parameter the budget must allow ...
 # ... or, for a small corpus on a fast machine, this many passes over the train split: past
-# them a larger model beats more passes of a smaller one. On a 2-core Xeon with AMX (bf16) in
-# 10 minutes, 2x768 at 3.9 passes (0.54 characters per parameter, T=64) reached 1.4192
-# nats/char, while 2x512 at 9 passes reached 1.4655 (T=128) and, before the forget-gate bias
-# change, 1.511 (T=32, over-fitted). Not below half a character per parameter, though: the
-# probe's few steps flatter large models there (2x1024 probed at 7.6-8.4k chars/s, about 4.5
-# passes, then trained at 3.5-4.3k and ended at 1.98 and 2.13).
+# them a larger model beats more passes of a smaller one. Not below half a character per
+# parameter, though: the probe's few steps flatter large models, which then train slower than
+# probed and end worse (see benchmarks/RESULTS.md, "Planner calibration", passes).
 EPOCHS_ENOUGH = 3.0
 MIN_CHARS_PER_PARAM = 0.5
 PARAMS_PER_TRAIN_CHAR = 20.0  # largest model per character of the train split
@@ -90,16 +89,15 @@ FALLBACK_HIDDEN = 512  # size when the budget is not a time (epochs or steps)
 EVAL_SHARE = 0.06  # share of the budget spent validating, at most
 EVAL_MAX_SHARE_EACH = 0.05  # one validation at most this share; longer val splits are cut
 PROBE_SHARE = 0.05  # the probe stops once it has used this share of the budget
-# Dropout by exposure = expected passes x parameters per training character, calibrated on
-# tiny-shakespeare: 2-core Xeon with AMX, 10 minutes, 2x768 T=64 at about 5 passes (exposure
-# 37): dropout 0.2 reached 1.4162 nats/char, 0.106 1.4356 (after the forget-gate bias change;
-# before it 0.1 had beaten 0.2 there); H200 2x512 at 22 passes (92): 0.25 reached 1.441; H100
-# 2x1024 at 43 passes (590): 0.5 reached 1.402-1.415. Up to 6 (2x384 at 100 s: about 4) none.
+# Dropout by exposure = expected passes x parameters per training character: none up to
+# DROPOUT_FREE_EXPOSURE (an under-fitted model only loses from it), rising to 0.5 at
+# DROPOUT_FULL_EXPOSURE (see benchmarks/RESULTS.md, "Planner calibration", dropout).
 DROPOUT_FREE_EXPOSURE = 6.0
 DROPOUT_FULL_EXPOSURE = 550.0
 PATIENCE = 3  # validations without a new best before stopping early
-# Recurrent weight drop is available (--weight-drop) but not planned: at 60 s on an H100 it
-# cost 0.012 (2x1024) and 0.055 (2x256) nats/char against locked dropout alone.
+# Recurrent weight drop is available (--weight-drop) but not planned: on short GPU budgets it
+# cost quality against locked dropout alone (see benchmarks/RESULTS.md, "Planner calibration",
+# weight drop).
 WEIGHT_DROP = 0.0
 
 
@@ -124,21 +122,9 @@ class Plan:
 
 
 def count_lstm_params(vocab: int, layers: int, hidden: int, embed: int) -> int:
-    """Parameters of embedding -> `layers` x LSTM(hidden) -> linear head."""
-    first = 4 * hidden * (embed + hidden) + 8 * hidden
-    rest = (layers - 1) * (4 * hidden * 2 * hidden + 8 * hidden)
-    return vocab * embed + first + rest + hidden * vocab + vocab
-
-
-def count_params(cfg: ModelConfig) -> int:
-    """Parameters of the model `cfg` describes, counted without allocating its weights."""
-    from charrnn.models.charrnn import CharRNN
-
-    try:
-        with torch.device("meta"):
-            return sum(p.numel() for p in CharRNN(cfg).parameters())
-    except (RuntimeError, NotImplementedError):  # a stack that cannot be built on the meta device
-        return count_lstm_params(cfg.vocab_size, cfg.num_layers, cfg.hidden_size, cfg.embedding_size)
+    """Parameters of embedding -> `layers` x LSTM(hidden) -> linear head (limits.parameter_count)."""
+    cfg = ModelConfig(vocab_size=vocab, model="lstm", num_layers=layers, hidden_size=hidden, embed_size=embed)
+    return parameter_count(cfg)
 
 
 def measure_train_speed(cfg: ModelConfig, batch_size: int, seq_len: int, device: torch.device,
@@ -231,7 +217,7 @@ def plan_run(
     plan.chars_per_s = plan.probe.get(hidden, 0.0)
     seen = plan.chars_per_s * budget * (1 - EVAL_SHARE) - plan.chars_per_s * plan.probe_seconds
     plan.expected_epochs = epochs or max(seen, 0.0) / max(train_chars, 1)
-    params = count_params(config(hidden))
+    params = parameter_count(config(hidden))
     dropout = _dropout_for(plan.expected_epochs, params / max(train_chars, 1))
     if "seq_len" not in given and budget and plan.chars_per_s:
         longest, seq = seq, MIN_SEQ
@@ -263,7 +249,7 @@ def _probe_size(plan: Plan, config: Callable[[int], ModelConfig], batch: int, se
     kind = "gpu" if device.type == "cuda" else "cpu"
     allowed = []
     for hidden in LADDER[kind]:
-        params = count_params(config(hidden))
+        params = parameter_count(config(hidden))
         if allowed and params > PARAMS_PER_TRAIN_CHAR * train_chars:
             plan.notes.append(f"{hidden} units and more skipped: {params / 1e6:.1f}M parameters for "
                               f"{train_chars / 1e6:.2f}M training characters")
@@ -326,7 +312,8 @@ def _dropout_for(epochs: float, params_per_char: float) -> float:
 
 
 def _precision_for(device: torch.device) -> str:
-    """bf16 autocast on GPUs that run it natively (~1.5x the fp32 speed of a 2x1024 LSTM on an H100)."""
+    """bf16 autocast on GPUs that run it natively: faster than fp32 there (see
+    benchmarks/RESULTS.md, "Planner calibration", GPU precision)."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return "bf16"
     return "fp32"
@@ -334,8 +321,8 @@ def _precision_for(device: torch.device) -> str:
 
 def _plan_validation(plan: Plan, train: dict[str, Any], budget: float, val_chars: int) -> None:
     """Validation cadence and length so validating stays a few percent of the budget."""
-    # Validation runs in fp32, forward only, 32 streams: on the AMX Xeon 2x768 scored 16.4k
-    # chars/s against 14.9k training in bf16 (1.77x fp32), so about twice the fp32 training rate.
+    # Validation runs in fp32, forward only, 32 streams: about twice the fp32 training rate
+    # (see benchmarks/RESULTS.md, "Planner calibration", validation rate).
     eval_rate = 2.0 * plan.chars_per_s / plan.bf16_gain
     scored = val_chars
     longest = int(EVAL_MAX_SHARE_EACH * budget * eval_rate)
