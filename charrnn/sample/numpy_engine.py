@@ -1,7 +1,7 @@
 """Sampling without torch: a NumPy step for lstm, gru and rnn runs on the CPU.
 
-`import torch` alone takes 2.5-3.8 s on the 2-core EPYC this project is measured
-on: longer than sampling a paragraph. For the common case -- `charrnn sample` of
+`import torch` alone takes seconds on a small CPU: longer than sampling a paragraph
+(benchmarks/RESULTS.md, "Sampling kernels"). For the common case -- `charrnn sample` of
 a stacked lstm/gru/rnn run with fp32 weights on the CPU -- this module reads the
 weights straight from the checkpoint (torch's zip format, through an unpickler
 that admits tensors and plain data only, as `torch.load(weights_only=True)` does)

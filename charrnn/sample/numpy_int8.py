@@ -13,9 +13,8 @@ Activations are quantized per row of the input at each call: symmetric to
 -63..63, then shifted by 64 into 1..127 so that they fit the unsigned operand
 with no pair sum overflowing int16 (2 * 127 * 127 < 2^15); the shift is taken
 back out with each weight row's sum. That is the 7-bit activation range
-fbgemm's int8 kernel uses too. On the 2-core EPYC (AVX2), for a 2048 x 1024
-matrix: 46 GMAC/s, against 33 for int16 activations through `vpmaddwd` and ~16
-for fbgemm at one row.
+fbgemm's int8 kernel uses too; at one row it is faster than int16 activations
+and than fbgemm (figures: benchmarks/RESULTS.md, "Sampling kernels").
 
 `Int8Net` is the NumPy engine's network on these products, each layer one
 compiled call (product, gates, new state): NumPy's gate arithmetic cost about as
@@ -176,8 +175,8 @@ def _qproduct(q, rowsum, scale, x1, x2, xu, acc, out):  # pragma: no cover - com
     as int32, scale (N,) float32; xu (B', Kp) uint8 and acc (4, N) int32 are scratch, B' >=
     B. The streams are quantized first; then each block of weight rows meets every stream
     while it is in the L1 cache, four streams at a time where there are four (each piece of
-    a row loaded once for the four: at 64 streams about 1.3x the one-by-one loop, 39-56
-    against 30-45 GMAC/s in interleaved rounds on the 2-core EPYC).
+    a row loaded once for the four: faster than the one-by-one loop at many streams, see
+    benchmarks/RESULTS.md, "Sampling kernels").
     """
     n_streams, k2 = x2.shape
     k1 = x1.shape[1]
@@ -213,8 +212,8 @@ def _qproduct(q, rowsum, scale, x1, x2, xu, acc, out):  # pragma: no cover - com
 
 # tanh(v) ~ v P(v^2) / Q(v^2) on |v| <= 9 (tanh(9) = 1 - 3e-8), coefficients fitted for this
 # module by iteratively reweighted least squares: largest error 5.5e-6 over all float32
-# inputs, far below the 1/63 steps of the quantized activations. NumPy's tanh took 17 us for
-# 2,048 floats on the 2-core EPYC (scalar) and numba's libm call 58 us; this vectorizes.
+# inputs, far below the 1/63 steps of the quantized activations. NumPy's tanh and numba's libm
+# call are scalar; this vectorizes (timings: benchmarks/RESULTS.md, "Sampling kernels").
 _P = tuple(np.float32(c) for c in (0.9999764561653137, 0.12024945765733719, 0.002044495427981019, 2.9559741960838437e-06))
 _Q = tuple(np.float32(c) for c in (0.45351243019104004, 0.019944852218031883, 0.00011841669038403779))
 _CLAMP, _HALF, _ONE = np.float32(9.0), np.float32(0.5), np.float32(1.0)

@@ -4,8 +4,8 @@ The steps themselves: charrnn.sample.fused_step (lstm, gru, rnn), charrnn.sample
 (peephole-lstm, gf-*); charrnn.sample.fast_step picks one for a model.
 
 Sampling one stream reads every weight once per character, so the step is bound
-by memory traffic and by per-op overhead (2-7 us per torch call from Python on
-a 2-core EPYC), not by arithmetic. Every fast step therefore:
+by memory traffic and by per-op overhead (microseconds per torch call from Python),
+not by arithmetic. Every fast step therefore:
 
 - folds the embedding into the first layer: one (V, G) table of E @ W_ih^T + b,
   so the first layer's input projection is a row gather instead of a matmul;
@@ -105,8 +105,8 @@ class Linear:
     """out (B, N) fp32 = base + [x1, x2, ...] @ [W1 | W2 | ...]^T, W held in one weight mode.
 
     The weights (each (N, Ki)) are concatenated once; a single one is used as it
-    is, so fp32 shares the model's tensor. One long matmul per layer measured ~20%
-    faster than two short ones for one stream. `into` writes into a caller's
+    is, so fp32 shares the model's tensor. One long matmul per layer beats two short
+    ones for one stream (benchmarks/RESULTS.md, "Sampling kernels"). `into` writes into a caller's
     buffer (one torch call in fp32, two for the packed kernels); `__call__`
     returns a new tensor.
     """
@@ -122,12 +122,12 @@ class Linear:
         self.reduce_range = False
         if mode == "fp32":
             # (K, N) as addmm takes it. On the CPU a contiguous copy: for one stream the
-            # matrix-vector product then streams the weights at the memory's read bandwidth
-            # (12 GB/s on the 2-core EPYC) instead of ~9 GB/s through the transposed view.
+            # matrix-vector product then streams the weights at the memory's read bandwidth,
+            # faster than through the transposed view (benchmarks/RESULTS.md, "Sampling kernels").
             self.weight_t = weight.t().contiguous() if weight.is_cpu else weight.t()
         elif mode == "bf16" and weight.is_cpu and _has_fbgemm_fp16() and weight.abs().max() < 6e4:
             # The bf16-rounded weights, held as fp16 (exact for |w| >= 6e-5, off by under
-            # 3e-8 below): fbgemm's fp16 kernel is ~2x faster than torch's bf16 matmul on AVX2.
+            # 3e-8 below): on CPUs without native bf16, fbgemm's fp16 kernel beats torch's bf16 matmul.
             self.mode = "fp16-packed"
             self.packed = torch.ops.quantized.linear_prepack_fp16(weight.bfloat16().float(), None)
         elif mode == "bf16":
