@@ -31,11 +31,11 @@ def charrnn(*args: str, env: dict | None = None, **kwargs) -> subprocess.Complet
     return subprocess.run([sys.executable, "-m", "charrnn", *args], env=env, capture_output=True, text=True, **kwargs)
 
 
-def help_seconds(repeats: int) -> list[float]:
+def help_seconds(repeats: int, *command: str) -> list[float]:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        proc = charrnn("--help")
+        proc = charrnn(*command, "--help")
         assert proc.returncode == 0, proc.stderr
         times.append(time.perf_counter() - start)
     return times
@@ -115,6 +115,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         helps = help_seconds(args.repeats)
         report["help_s_median"] = statistics.median(helps)
+        report["train_help_s_median"] = statistics.median(help_seconds(args.repeats, "train"))
         make_run(tmp / "runs")
         # Alternating the engines, so that load from other processes hits both alike.
         firsts: dict[str, list[float]] = {"auto": [], "torch": []}
@@ -124,6 +125,7 @@ def main() -> None:
         report["sample_first_char_s_median"] = statistics.median(firsts["auto"])
         report["sample_first_char_torch_engine_s_median"] = statistics.median(firsts["torch"])
         print(f"charrnn --help          median {report['help_s_median']:.3f} s  (target < 0.3)")
+        print(f"charrnn train --help    median {report['train_help_s_median']:.3f} s  (target < 0.3)")
         print(f"sample first character  median {report['sample_first_char_s_median']:.3f} s  (target < 2.5; "
               f"{report['sample_first_char_torch_engine_s_median']:.3f} s with --engine torch)")
         if not args.startup_only:

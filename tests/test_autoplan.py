@@ -149,14 +149,17 @@ def test_train_prints_and_records_the_plan(runner, corpus: Path) -> None:
 
 
 def test_bad_preset_and_weight_drop_on_a_custom_kind_are_one_line_errors(runner, corpus: Path) -> None:
-    for args, words in ((["--preset", "huge"], "unknown --preset"),
-                        (["--preset", "tiny", "--no-auto"], "--preset needs the planner"),
-                        (["--model", "gf-rnn", "--weight-drop", "0.3"], "--weight-drop works with"),
-                        (["--dropout-mask", "zigzag"], "--dropout-mask"),
-                        (["--precision", "fp8"], "--precision")):
+    for args, words in ((["--preset", "tiny", "--no-auto"], "--preset needs the planner"),
+                        (["--model", "gf-rnn", "--weight-drop", "0.3"], "--weight-drop works with")):
         result = runner.invoke(app, ["train", str(corpus), "--max-steps", "1", *TINY_TRAIN, *args])
         assert result.exit_code == 1, (args, result.output)
         assert result.output.count("error:") == 1 and words in result.output, result.output
+    # A value outside a fixed set of choices is a usage error (exit 2) naming the valid ones.
+    for args, choice in ((["--preset", "huge"], "tiny"), (["--dropout-mask", "zigzag"], "per-step"),
+                         (["--precision", "fp8"], "bf16")):
+        result = runner.invoke(app, ["train", str(corpus), "--max-steps", "1", *TINY_TRAIN, *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert args[0] in result.output and choice in result.output, result.output
     with pytest.raises(CharRNNError):  # the config refuses it too, not only the CLI
         ModelConfig(vocab_size=5, model="gf-gru", weight_drop=0.1)
 

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from charrnn import ptfile
-from charrnn.cli import sample as cli_sample
 
 from charrnn.sample import numpy_engine as npsample
 from charrnn.sample.draw import draw
@@ -156,7 +155,7 @@ def test_numpy_engine_refuses_what_it_cannot_run(runner, trained: str) -> None:
     result = runner.invoke(app, ["sample", trained, "--engine", "numpy", "--weights", "bf16"])
     assert result.exit_code == 1 and result.stderr.startswith("error: --engine numpy runs fp32 and int8 weights")
     result = runner.invoke(app, ["sample", trained, "--engine", "fast"])
-    assert result.exit_code == 1 and "choose auto, numpy or torch" in result.stderr
+    assert result.exit_code == 2 and "'auto', 'numpy', 'torch'" in result.output  # a usage error
 
 
 @pytest.mark.parametrize("weights", ["fp32", "int8"])
@@ -176,12 +175,18 @@ def test_sample_does_not_import_torch(runner, trained: str, weights: str) -> Non
 
 
 def test_a_long_prime_goes_to_torch(runner, trained: str, monkeypatch) -> None:
-    calls = []
-    real = cli_sample._torch_sampler
-    monkeypatch.setattr(cli_sample, "_torch_sampler", lambda *a: calls.append(a) or real(*a))
+    from charrnn.runs import resolve_checkpoint
+    from charrnn.sample import open_sampler
+
+    path = resolve_checkpoint(trained, Path("checkpoints"))
     args = ["sample", trained, "-n", "30", "--seed", "9", "--prime", "The cat"]
     short = runner.invoke(app, args)
-    assert short.exit_code == 0 and calls == []  # a short prime: the NumPy engine serves
+    assert short.exit_code == 0 and open_sampler(path, prime_len=7).engine == "numpy"  # the NumPy engine serves
     monkeypatch.setattr(npsample, "MAX_PRIME", 3)
+    assert open_sampler(path, prime_len=7).engine == "torch"  # longer than MAX_PRIME: torch reads it
+    assert open_sampler(path, engine="numpy", prime_len=7).engine == "numpy"  # unless numpy is asked for
     long = runner.invoke(app, args)
-    assert len(calls) == 1 and long.stdout == short.stdout  # longer than MAX_PRIME: torch reads it
+    assert long.exit_code == 0 and long.stdout == short.stdout
+    sampler = open_sampler(path)  # prime unknown when opened: the switch happens at generate
+    sampler.generate("The cat", SampleConfig(length=5, seed=1))
+    assert sampler.engine == "torch"

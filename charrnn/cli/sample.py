@@ -1,12 +1,11 @@
 """The `sample` and `eval` commands: text from a trained run, and the score of a text."""
 
-import functools
 import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -19,6 +18,7 @@ from charrnn.cli.common import (
     err,
     out,
 )
+from charrnn.config import Engine, Weights
 from charrnn.errors import CharRNNError
 
 
@@ -33,9 +33,9 @@ def sample(
     seed: Annotated[Optional[int], typer.Option(min=0, max=2**63 - 1, help="Seed for repeatable samples.")] = None,
     num_samples: Annotated[int, typer.Option(help="Number of samples, separated by a blank line.")] = 1,
     stop: Annotated[str, typer.Option(help="End a sample once it produces this string; \\n, \\t, \\r and \\\\ are read as newline, tab, return and backslash (--stop '\\n\\n' ends at a blank line).")] = "",
-    weights: Annotated[str, typer.Option(help="Weights for sampling: fp32 | bf16 | int8.")] = "fp32",
-    engine: Annotated[str, typer.Option(help=(
-        "auto | numpy | torch. numpy steps lstm/gru/rnn runs with fp32 or int8 weights on the CPU "
+    weights: Annotated[Weights, typer.Option(help="Weights for sampling (int8 on the NumPy engine needs charrnn[int8]).")] = "fp32",
+    engine: Annotated[Engine, typer.Option(help=(
+        "numpy steps lstm/gru/rnn runs with fp32 or int8 weights on the CPU "
         "without loading torch (first character in under a second); auto uses it when it can."))] = "auto",
     device: Device = "cpu",
     runs_dir: RunsDir = Path("checkpoints"),
@@ -56,92 +56,29 @@ def sample(
         raise CharRNNError("give --prime or --prime-file, not both.")
     from charrnn.data.corpus import read_text
     from charrnn.runs import resolve_checkpoint
+    from charrnn.sample import open_sampler
 
-    _check_engine(engine)
     path = resolve_checkpoint(run, runs_dir)
     if run is None:
         err.print(f"sampling from {path}", highlight=False)
-    generate_one, vocab = _numpy_sampler(path, engine, weights, device) or _torch_sampler(path, weights, device)
+    sampler = open_sampler(path, engine, weights, device, prime_len=len(prime or ""))
+    _warn_nonfinite(sampler.nonfinite)
+    vocab = sampler.vocab
     text = read_text(prime_file, "bytes" if vocab.byte_level else "utf-8") if prime_file is not None else (prime or "")
     vocab.encode(text)  # reject unknown characters before anything is printed
-    if engine == "auto" and generate_one.func.__module__ == "charrnn.sample.numpy_engine":
-        from charrnn.sample.numpy_engine import MAX_PRIME
-
-        if len(text) > MAX_PRIME:  # torch reads a long prime in one pass; numpy steps through it
-            generate_one, _ = _torch_sampler(path, weights, device)
     writer = _StreamWriter(vocab)
     try:
         for i in range(cfg.num_samples):
             if i:
                 writer.write("\n\n")
             writer.write(text)
-            generate_one(text, dataclasses.replace(cfg, seed=None if cfg.seed is None else cfg.seed + i), writer.write)
+            sampler.generate(text, dataclasses.replace(cfg, seed=None if cfg.seed is None else cfg.seed + i), writer.write)
         writer.write("\n")
         writer.flush()
     except BrokenPipeError:  # `| head` closed the pipe: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         raise typer.Exit(0)
-
-
-def _numpy_sampler(path: Path, engine: str, weights: str, device: str) -> tuple[Callable, Any] | None:
-    """(generate(prime, cfg, emit), vocab) on charrnn.sample.numpy_engine, or None when torch must serve."""
-    loaded = _numpy_net(path, engine, weights, device)
-    if loaded is None:
-        return None
-    from charrnn.sample import numpy_engine as npsample
-
-    net, vocab = loaded
-    _warn_nonfinite(getattr(net, "nonfinite", None))
-    return functools.partial(npsample.generate, net, vocab), vocab
-
-
-def _numpy_net(path: Path, engine: str, weights: str, device: str) -> tuple[Any, Any] | None:
-    """(NumPy network, vocab) of the checkpoint for --engine numpy, and for auto where the
-    NumPy engine runs these weights; None when torch must serve. Raises CharRNNError.
-    `engine` has passed _check_engine."""
-    if engine == "torch":
-        return None
-    # numba is imported only when int8 is asked for: fp32 sampling starts without it.
-    if device != "cpu" or not (weights == "fp32" or (weights == "int8" and _numba_int8())):
-        if engine == "auto":
-            return None
-        int8 = _numba_int8()
-        hint = " (int8 there needs numba: pip install numba)" if weights == "int8" and not int8 else ""
-        raise CharRNNError(f"--engine numpy runs {'fp32 and int8' if int8 else 'fp32'} weights on the CPU{hint}: "
-                           "change --weights/--device or use --engine torch.")
-    from charrnn.sample import numpy_engine as npsample
-
-    loaded = npsample.load(path, weights)
-    if loaded is None and engine == "numpy":
-        raise CharRNNError(f"--engine numpy cannot read '{path}' (it serves lstm, gru and rnn runs): use --engine torch.")
-    return loaded
-
-
-def _check_engine(engine: str) -> None:
-    """Refuses an --engine other than auto, numpy or torch (sample and eval)."""
-    if engine not in ("auto", "numpy", "torch"):
-        raise CharRNNError(f"unknown --engine '{engine}': choose auto, numpy or torch.")
-
-
-def _numba_int8() -> bool:
-    """Whether the NumPy engine's compiled int8 product can run here (imports numba)."""
-    from charrnn.sample import numpy_int8 as npint8
-
-    return npint8.available()
-
-
-def _torch_sampler(path: Path, weights: str, device: str) -> tuple[Callable, Any]:
-    """(generate(prime, cfg, emit), vocab) on the torch model and its fast step."""
-    from charrnn.checkpoint import build_model, load_checkpoint
-    from charrnn.device import pick_device
-    from charrnn.sample.torch_engine import generate, make_stepper
-
-    ckpt = load_checkpoint(path)
-    model = build_model(ckpt).to(pick_device(device))
-    stepper = make_stepper(model, weights)  # refuses int8 of non-finite weights: then no warning first
-    _warn_nonfinite(ckpt.nonfinite)
-    return functools.partial(generate, model, ckpt.vocab, stepper=stepper), ckpt.vocab
 
 
 def unescape(text: str) -> str:
@@ -214,9 +151,9 @@ def evaluate_cmd(
     seed: Annotated[int, typer.Option(help="task:* only: seed of the generated examples.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Parallel streams while scoring.")] = 32,
     seq_len: Annotated[int, typer.Option(help="Characters per chunk (state is carried across).")] = 256,
-    weights: Annotated[str, typer.Option(help="Weights: fp32 | bf16 | int8.")] = "fp32",
-    engine: Annotated[str, typer.Option(help=(
-        "auto | numpy | torch: the engine `charrnn sample` would use. auto scores int8 on the NumPy "
+    weights: Annotated[Weights, typer.Option(help="Weights to score with.")] = "fp32",
+    engine: Annotated[Engine, typer.Option(help=(
+        "The engine `charrnn sample` would use. auto scores int8 on the NumPy "
         "engine's step where it runs (lstm/gru/rnn, numba installed), everything else with torch."))] = "auto",
     device: Device = "auto",
     runs_dir: RunsDir = Path("checkpoints"),
@@ -224,44 +161,26 @@ def evaluate_cmd(
     """Score a text: nats/char, bits/char and perplexity."""
     import numpy as np
 
-    from charrnn.checkpoint import build_model, load_checkpoint
     from charrnn.data.corpus import read_text
-    from charrnn.device import pick_device
     from charrnn.runs import resolve_checkpoint, to_json
-    from charrnn.train.loop import evaluate
+    from charrnn.sample import open_sampler
 
     if batch_size < 1 or seq_len < 1:
         raise CharRNNError("--batch-size and --seq-len must be at least 1.")
-    _check_engine(engine)
     path = resolve_checkpoint(run, runs_dir)
-    ckpt = load_checkpoint(path)
     if file.startswith("task:"):
-        _eval_task(ckpt, path, file, lengths, examples, seed, as_json)
+        from charrnn.checkpoint import load_checkpoint
+
+        _eval_task(load_checkpoint(path), path, file, lengths, examples, seed, as_json)
         return
-    text = read_text(file, "bytes" if ckpt.vocab.byte_level else "utf-8")
-    tokens = np.asarray(ckpt.vocab.encode(text), dtype=np.int64)
+    sampler = open_sampler(path, engine, weights, device, purpose="score")
+    text = read_text(file, "bytes" if sampler.vocab.byte_level else "utf-8")
+    tokens = np.asarray(sampler.vocab.encode(text), dtype=np.int64)
     if len(tokens) < 2:
         raise CharRNNError(f"'{file}' has {len(tokens)} character(s): at least 2 are needed to score.")
-    # fp32 on auto: torch's batched forward is faster than stepping; int8 on auto: the
-    # arithmetic `charrnn sample --weights int8` runs, so its cost is what is measured.
-    wants_numpy = engine == "numpy" or (engine == "auto" and weights == "int8")
-    loaded = _numpy_net(path, engine, weights, "cpu" if device in ("auto", "cpu") else device) if wants_numpy else None
-    if loaded is not None:
-        from charrnn.sample import numpy_engine as npsample
-
-        used = f"numpy, {weights}"
-        t0 = time.perf_counter()
-        nats = npsample.score(loaded[0], tokens, batch_size, seq_len)
-    else:
-        dev = pick_device(device)
-        model = build_model(ckpt).to(dev)
-        if weights != "fp32":
-            from charrnn.sample.fast_step import quantize_model  # type: ignore[attr-defined]
-
-            model = quantize_model(model, weights)
-        used = f"torch, {weights}"
-        t0 = time.perf_counter()
-        nats = evaluate(model, tokens, batch_size, seq_len, dev)
+    used = f"{sampler.engine}, {weights}"
+    t0 = time.perf_counter()
+    nats = sampler.score(tokens, batch_size, seq_len)
     result = {"checkpoint": str(path), "file": file, "chars": int(len(tokens)), "weights": weights, "engine": used,
               "nats_per_char": nats, "bits_per_char": nats / LN2, "perplexity": math.exp(nats),
               "seconds": time.perf_counter() - t0}

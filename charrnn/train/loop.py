@@ -415,6 +415,7 @@ class Trainer:
         if status == "done" or self.step > 0:
             t0 = time.perf_counter()
             if status == "done" and self.last_eval_step != self.step:
+                self._emit({"event": "validate", "step": self.step, "final": True})  # for progress displays
                 self._validate()
             elif status != "done":
                 self.save()
