@@ -29,8 +29,8 @@ from torch import nn
 
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.data.corpus import prepare
-from charrnn.runs import RunPaths
-from charrnn.train.loop import Trainer
+from charrnn.rundir import RunPaths
+from charrnn.training.loop import Trainer
 
 VOCAB = 65
 

@@ -4,12 +4,13 @@ The Python API (charrnn.api), imported on first use so that `import charrnn` loa
 neither torch nor NumPy:
 
     load(run_or_path, device="cpu", weights="fp32", engine="auto", runs_dir="checkpoints") -> Model
-    list_runs(runs_dir="checkpoints") -> list[RunInfo]
-    fit(corpus=None, **options) -> RunResult   (trains a run)
-
-Training is `fit` and the run list `list_runs` because `charrnn.train` and `charrnn.runs` are
-modules: importing one (as the CLI does) rebinds that attribute to the module.
+    train(corpus=None, **settings) -> RunResult   (trains a run; settings by config field name)
+    runs(runs_dir="checkpoints") -> list[RunInfo]
     __version__
+
+No module of the package is named `train` or `runs` (the library's are `charrnn.training` and
+`charrnn.rundir`): importing a submodule binds its name on the package, which would hide the
+function of the same name.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from charrnn.api import Model, RunInfo, fit, list_runs, load
+    from charrnn.api import Model, RunInfo, load, runs, train
 
-__all__ = ["Model", "RunInfo", "__version__", "fit", "list_runs", "load"]
+__all__ = ["Model", "RunInfo", "__version__", "load", "runs", "train"]
 
-_API = ("Model", "RunInfo", "fit", "list_runs", "load")
+_API = ("Model", "RunInfo", "load", "runs", "train")
 
 
 def __getattr__(name: str) -> Any:

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 from charrnn.config import DeviceName, Engine, SampleConfig, Weights
 from charrnn.sample import Sampler, open_sampler
 
-__all__ = ["Model", "RunInfo", "fit", "list_runs", "load"]
+__all__ = ["Model", "RunInfo", "load", "runs", "train"]
 
 
 def load(
@@ -34,7 +34,7 @@ def load(
 ) -> Model:
     """A trained run (name in `runs_dir`, run folder or .pt file) ready to generate and score.
     Raises charrnn.errors.CharRNNError."""
-    from charrnn.runs import resolve_checkpoint
+    from charrnn.rundir import resolve_checkpoint
 
     path = resolve_checkpoint(str(run_or_path), Path(runs_dir))
     return Model(path, open_sampler(path, engine, weights, device), engine, weights, device)
@@ -174,9 +174,9 @@ class RunInfo(NamedTuple):
     best_val: float | None
 
 
-def list_runs(runs_dir: str | Path = "checkpoints") -> list[RunInfo]:
+def runs(runs_dir: str | Path = "checkpoints") -> list[RunInfo]:
     """The runs with a checkpoint in `runs_dir`, most recently written first."""
-    from charrnn.runs import event_step, list_runs, number, read_metrics
+    from charrnn.rundir import event_step, list_runs, number, read_metrics
 
     found = []
     for run in list_runs(Path(runs_dir)):
@@ -189,13 +189,13 @@ def list_runs(runs_dir: str | Path = "checkpoints") -> list[RunInfo]:
     return found
 
 
-def fit(corpus: str | Path | None = None, **options: Any) -> Any:
+def train(corpus: str | Path | None = None, **options: Any) -> Any:
     """Train a run on `corpus` (a file, a corpus name such as "shakespeare", or task:*), or
     continue one with resume="name": what `charrnn train` does, returning
-    charrnn.train.setup.RunResult (`.path`, `.best_val`, `.result.step`...). Keywords: name,
+    charrnn.training.setup.RunResult (`.path`, `.best_val`, `.result.step`...). Keywords: name,
     resume, preset, auto, runs_dir, data_dir, on_event (called with each event dict),
     should_stop, and any ModelConfig/TrainConfig field (hidden_size=64, max_steps=100,
-    time_budget="10m"). Named `fit` because `charrnn.train` is the training subpackage."""
-    from charrnn.train.setup import train_run
+    time_budget="10m")."""
+    from charrnn.training.setup import train_run
 
     return train_run(corpus, **options)

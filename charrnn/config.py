@@ -28,7 +28,7 @@ DropoutMask = Literal["locked", "per-step"]  # locked: one mask per sequence (va
 Precision = Literal["fp32", "bf16"]
 Weights = Literal["fp32", "bf16", "int8"]  # the weights sampling and scoring compute with
 Engine = Literal["auto", "numpy", "torch"]  # which code steps the network when sampling
-Preset = Literal["tiny", "small", "medium", "large", "xl"]  # fixed sizes, see charrnn.train.plan.PRESETS
+Preset = Literal["tiny", "small", "medium", "large", "xl"]  # fixed sizes, see charrnn.training.plan.PRESETS
 Unknown = Literal["error", "skip"]  # characters outside a model's vocabulary, when inspecting
 # Activations the neuron commands read: LSTM kinds, GRU gates, gated-feedback weights.
 UnitKind = Literal["cell", "hidden", "input", "forget", "output", "reset", "update", "feedback"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from charrnn.errors import CharRNNError
-from charrnn.runs import event_step, number, read_events
+from charrnn.rundir import event_step, number, read_events
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The Python API (charrnn.load, list_runs, fit): the README's example, and agreement with the CLI."""
+"""The Python API (charrnn.load, runs, train): the README's example, and agreement with the CLI."""
 
 from __future__ import annotations
 
@@ -93,19 +93,19 @@ def test_activations_give_every_kind_per_layer_and_character(runner, trained: st
     assert abs(acts["hidden"]).max() <= 1.0
 
 
-def test_list_runs_names_each_run_with_its_step(runner, trained: str) -> None:
-    (info,) = charrnn.list_runs()
+def test_runs_names_each_run_with_its_step(runner, trained: str) -> None:
+    (info,) = charrnn.runs()
     assert info.name == trained and info.path == Path("checkpoints") / trained and info.step == 30
     assert info.best_val is None or math.isfinite(info.best_val)
-    assert charrnn.list_runs("nowhere") == []
+    assert charrnn.runs("nowhere") == []
 
 
-def test_fit_trains_a_run_that_load_opens(runner, corpus: Path) -> None:
+def test_train_trains_a_run_that_load_opens(runner, corpus: Path) -> None:
     pytest.importorskip(
-        "charrnn.train.setup", reason="charrnn.train.setup.train_run is not there yet"
+        "charrnn.training.setup", reason="charrnn.training.setup.train_run is not there yet"
     )
     events = []
-    done = charrnn.fit(
+    done = charrnn.train(
         str(corpus),
         name="fitted",
         max_steps=12,
@@ -116,5 +116,5 @@ def test_fit_trains_a_run_that_load_opens(runner, corpus: Path) -> None:
         on_event=events.append,
     )
     assert done.path == Path("checkpoints") / "fitted" and events
-    assert [r.name for r in charrnn.list_runs()] == ["fitted"]
+    assert [r.name for r in charrnn.runs()] == ["fitted"]
     assert len(charrnn.load("fitted").generate(length=20, seed=0)) == 20

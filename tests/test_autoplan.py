@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import charrnn.train.loop as training
-from charrnn.train.plan import EVAL_SHARE, MIN_SEQ, MIN_STEPS, SHAPE, count_lstm_params, plan_run
+import charrnn.training.loop as training
+from charrnn.training.plan import EVAL_SHARE, MIN_SEQ, MIN_STEPS, SHAPE, count_lstm_params, plan_run
 from charrnn.cli import app
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.data.corpus import prepare
 from charrnn.errors import CharRNNError
 from charrnn.models.charrnn import CharRNN, SequenceDropout
-from charrnn.runs import RunPaths, read_metrics
-from charrnn.train.loop import Trainer
+from charrnn.rundir import RunPaths, read_metrics
+from charrnn.training.loop import Trainer
 from tests.conftest import TINY_TRAIN, make_text
 
 CPU = torch.device("cpu")
@@ -38,7 +38,7 @@ def flops_device(macs_per_s: float):
 @pytest.fixture(autouse=True)
 def cpu_without_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     """Plans do not depend on the test machine's CPU: no bf16 unless a test says so."""
-    monkeypatch.setattr("charrnn.train.plan.bf16_supported", lambda device: False)
+    monkeypatch.setattr("charrnn.training.plan.bf16_supported", lambda device: False)
 
 
 def test_count_lstm_params_matches_the_model() -> None:
@@ -218,7 +218,7 @@ def load_best_step(run: RunPaths) -> int:
 @pytest.mark.parametrize("gain, expected, batch", [(2.0, "bf16", 64), (1.05, "fp32", 32)])
 def test_cpu_bf16_is_planned_only_where_the_probe_finds_it_faster(monkeypatch: pytest.MonkeyPatch, gain: float,
                                                                    expected: str, batch: int) -> None:
-    monkeypatch.setattr("charrnn.train.plan.bf16_supported", lambda device: True)
+    monkeypatch.setattr("charrnn.training.plan.bf16_supported", lambda device: True)
     fp32 = flops_device(100e9)
     seen: list[str] = []
 

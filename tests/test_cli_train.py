@@ -1,4 +1,4 @@
-"""Training set-up without the command line (charrnn.train.setup.train_run), and the
+"""Training set-up without the command line (charrnn.training.setup.train_run), and the
 `train` command's conventions: choices, --version, plain progress in a log file."""
 
 import json
@@ -10,7 +10,7 @@ import pytest
 
 from charrnn.cli import app
 from charrnn.errors import CharRNNError
-from charrnn.train.setup import train_run
+from charrnn.training.setup import train_run
 
 TINY = {"hidden_size": 16, "num_layers": 1, "batch_size": 4, "seq_len": 16, "device": "cpu"}
 

@@ -37,10 +37,10 @@ from charrnn.checkpoint import load_checkpoint
 from charrnn.cli import app
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.data.corpus import prepare
-from charrnn.train.distributed import Dist, ShardedBatcher, torchrun_command
+from charrnn.training.distributed import Dist, ShardedBatcher, torchrun_command
 from charrnn.errors import CharRNNError
-from charrnn.runs import RunPaths, read_metrics
-from charrnn.train.loop import Trainer
+from charrnn.rundir import RunPaths, read_metrics
+from charrnn.training.loop import Trainer
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="loopback gloo test on Linux")
 

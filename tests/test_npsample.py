@@ -175,7 +175,7 @@ def test_sample_does_not_import_torch(runner, trained: str, weights: str) -> Non
 
 
 def test_a_long_prime_goes_to_torch(runner, trained: str, monkeypatch) -> None:
-    from charrnn.runs import resolve_checkpoint
+    from charrnn.rundir import resolve_checkpoint
     from charrnn.sample import open_sampler
 
     path = resolve_checkpoint(trained, Path("checkpoints"))

@@ -21,9 +21,9 @@ from charrnn.cli import app
 from charrnn.config import ModelConfig, SampleConfig, TrainConfig
 from charrnn.data.corpus import prepare
 from charrnn.errors import CharRNNError
-from charrnn.runs import RunPaths, read_metrics
+from charrnn.rundir import RunPaths, read_metrics
 from charrnn.sample.torch_engine import generate
-from charrnn.train.loop import Trainer
+from charrnn.training.loop import Trainer
 from conftest import TINY_TRAIN
 from test_cli import one_line_error
 

@@ -9,8 +9,8 @@ from charrnn.checkpoint import build_model, load_checkpoint
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.data.corpus import prepare
 from charrnn.models.charrnn import CharRNN
-from charrnn.runs import RunPaths, read_metrics
-from charrnn.train.loop import Trainer, lr_at
+from charrnn.rundir import RunPaths, read_metrics
+from charrnn.training.loop import Trainer, lr_at
 
 
 def parity_text(n_lines: int, bits: int, seed: int) -> str:

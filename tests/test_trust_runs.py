@@ -20,8 +20,8 @@ from charrnn import files as files_mod
 from charrnn.checkpoint import load_checkpoint
 from charrnn.cli import app
 from charrnn.errors import CharRNNError
-from charrnn.runs import RunLock, RunPaths, read_metrics
-from charrnn.train.loop import Trainer
+from charrnn.rundir import RunLock, RunPaths, read_metrics
+from charrnn.training.loop import Trainer
 from conftest import TINY_TRAIN
 from test_cli import one_line_error
 from test_reliability import _tiny_setup
@@ -126,7 +126,7 @@ _REWRITER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from charrnn.runs import RunPaths, keep_events_until
+    from charrnn.rundir import RunPaths, keep_events_until
     from charrnn.files import atomic_write_text
 
     run = RunPaths(Path(sys.argv[1]))

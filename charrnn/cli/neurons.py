@@ -69,7 +69,7 @@ def _console(no_color: bool) -> tuple["Console", bool]:
 
 def _load(run: str | None, runs_dir: Path) -> tuple[Any, Any, Path]:
     from charrnn.checkpoint import build_model, load_checkpoint
-    from charrnn.runs import resolve_checkpoint
+    from charrnn.rundir import resolve_checkpoint
 
     path = resolve_checkpoint(run, runs_dir)
     ckpt = load_checkpoint(path)

@@ -15,7 +15,7 @@ from charrnn.cli.common import err
 
 
 class TrainProgress:
-    """Renders the training loop's events (charrnn.train.loop) for a person watching."""
+    """Renders the training loop's events (charrnn.training.loop) for a person watching."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream if stream is not None else sys.stderr

@@ -27,7 +27,7 @@ def runs(
     check: Annotated[bool, typer.Option("--check", help="Load every checkpoint and report damaged ones (exit 1 if any).")] = False,
 ) -> None:
     """List runs, most recent first, with their disk usage."""
-    from charrnn.runs import checkpoint_files, disk_usage, last_written, list_runs
+    from charrnn.rundir import checkpoint_files, disk_usage, last_written, list_runs
 
     found = list_runs(runs_dir)
     if not found:
@@ -83,7 +83,7 @@ def _plain(value: Any) -> str:
 
 def _summary(run: Any) -> dict:
     """Step and best val of a run from its metrics (no torch needed); damaged events are skipped."""
-    from charrnn.runs import event_step, number, read_metrics
+    from charrnn.rundir import event_step, number, read_metrics
 
     step, best = 0, math.inf
     for event in read_metrics(run):
@@ -98,7 +98,7 @@ def info(run: RunArg = None, runs_dir: RunsDir = Path("checkpoints")) -> None:
     from rich.markup import escape
 
     from charrnn.limits import parameter_count
-    from charrnn.runs import number, resolve_checkpoint
+    from charrnn.rundir import number, resolve_checkpoint
 
     path = resolve_checkpoint(run, runs_dir, prefer="last")
     ckpt, path, damage = _load_for_info(path)
@@ -153,7 +153,7 @@ NoColor = Annotated[
 
 def _run_folder(run: str | None, runs_dir: Path) -> Path:
     """The folder of `run`: a folder given as is, a run name, or the folder of its checkpoint."""
-    from charrnn.runs import resolve_checkpoint
+    from charrnn.rundir import resolve_checkpoint
 
     for candidate in [Path(run), runs_dir / run] if run else []:
         if candidate.is_dir():

@@ -55,7 +55,7 @@ def sample(
     if prime is not None and prime_file is not None:
         raise CharRNNError("give --prime or --prime-file, not both.")
     from charrnn.data.corpus import read_text
-    from charrnn.runs import resolve_checkpoint
+    from charrnn.rundir import resolve_checkpoint
     from charrnn.sample import open_sampler
 
     path = resolve_checkpoint(run, runs_dir)
@@ -162,7 +162,7 @@ def evaluate_cmd(
     import numpy as np
 
     from charrnn.data.corpus import read_text
-    from charrnn.runs import resolve_checkpoint, to_json
+    from charrnn.rundir import resolve_checkpoint, to_json
     from charrnn.sample import open_sampler
 
     if batch_size < 1 or seq_len < 1:
@@ -201,7 +201,7 @@ def _eval_task(ckpt: Any, path: Path, task: str, lengths: str, examples: int, se
     """Accuracy of the label character per example length, beside the majority-guess baseline."""
     from charrnn.checkpoint import build_model
     from charrnn.data.tasks import label_accuracy, majority_baseline
-    from charrnn.runs import to_json
+    from charrnn.rundir import to_json
 
     try:
         sizes = [int(v) for v in lengths.split(",") if v.strip()]

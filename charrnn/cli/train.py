@@ -1,4 +1,4 @@
-"""The `prepare` and `train` commands: options -> charrnn.train.setup.train_run -> progress and a summary."""
+"""The `prepare` and `train` commands: options -> charrnn.training.setup.train_run -> progress and a summary."""
 
 import os
 import signal
@@ -100,13 +100,13 @@ def train(
 ) -> None:
     """Train a model on a text file, a built-in corpus (shakespeare) or a memory task
     (task:parity, task:brackets, task:copy); checkpoints go to RUNS_DIR/NAME/."""
-    from charrnn.train.distributed import DistConfig, exec_torchrun, init_from_env
+    from charrnn.training.distributed import DistConfig, exec_torchrun, init_from_env
 
     dcfg = DistConfig(nproc=nproc, timeout=dist_timeout)
     if dcfg.nproc:  # before torch is imported: torchrun starts this command once per rank
         exec_torchrun(dcfg.nproc, sys.argv[1:], os.environ)  # does not return
     from charrnn.cli.progress import TrainProgress
-    from charrnn.train.setup import Aborted, process_age, train_run
+    from charrnn.training.setup import Aborted, process_age, train_run
 
     settings = {k: v for k, v in locals().items() if k in _SETTINGS}
     dist = init_from_env(device, dcfg.timeout, os.environ)  # one process unless started by torchrun

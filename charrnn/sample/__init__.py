@@ -164,7 +164,7 @@ class Sampler:
 
             return numpy_engine.score(self._net, tokens, batch_size, seq_len)
         from charrnn.device import pick_device
-        from charrnn.train.evaluate import evaluate
+        from charrnn.training.evaluate import evaluate
 
         model = self._model
         if self.purpose != "score" and self.weights != "fp32":

@@ -167,7 +167,7 @@ class NumpyNet:
 @np.errstate(all="ignore")  # NaN from non-finite weights: the caller warns once
 def score(net: NumpyNet, tokens: np.ndarray, batch_size: int, seq_len: int) -> float:
     """Mean cross-entropy (nats/char) of `tokens` through `net.step`, state carried across
-    chunks: the streams and chunks of charrnn.train.loop.evaluate, on the step that samples."""
+    chunks: the streams and chunks of charrnn.training.loop.evaluate, on the step that samples."""
     from charrnn.data.batching import eval_chunks
 
     total, count = 0.0, 0

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from charrnn.config import ModelConfig
 from charrnn.limits import parameter_count
-from charrnn.train.loop import bf16_supported
+from charrnn.training.loop import bf16_supported
 
 # Named fixed sizes for `--preset`: model and batch settings (dropout stays automatic).
 PRESETS: dict[str, dict[str, Any]] = {

@@ -27,9 +27,9 @@ from charrnn.errors import CharRNNError
 from charrnn.files import atomic_write_text, file_identity, link_or_copy, os_error
 from charrnn.limits import check_memory, model_nbytes_for_training
 from charrnn.models.charrnn import CharRNN, detach_state
-from charrnn.runs import RunLock, RunPaths, append_event, keep_events_until
-from charrnn.train.distributed import Dist
-from charrnn.train.evaluate import VAL_CHUNK, evaluate
+from charrnn.rundir import RunLock, RunPaths, append_event, keep_events_until
+from charrnn.training.distributed import Dist
+from charrnn.training.evaluate import VAL_CHUNK, evaluate
 
 BAD_STEPS_BEFORE_ROLLBACK = 3  # consecutive non-finite steps before rolling back
 

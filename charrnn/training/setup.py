@@ -2,7 +2,7 @@
 
 `train_run` is the one door to training for the command line and for Python callers:
 
-    new run:  name the run folder -> create it and take its lock (charrnn.runs.new_run)
+    new run:  name the run folder -> create it and take its lock (charrnn.rundir.new_run)
               -> prepare the corpus (or generate a task:* corpus) -> plan the open settings
               -> train -> a RunResult. A new run that fails before its first checkpoint
               removes its folder again.
@@ -12,7 +12,7 @@
 
 Settings are passed by config field name (`hidden_size=64`, `max_steps=30`, `time_budget="90s"`);
 None leaves a setting open for the planner or the config default. Nothing here prints: notes
-(a rebuilt cache, the plan) go to `on_note`, progress to `on_event` (charrnn.train.loop).
+(a rebuilt cache, the plan) go to `on_note`, progress to `on_event` (charrnn.training.loop).
 
 The file stays whole (about 350 lines): the new-run and resume paths share their checks and
 the training session, and are meant to be read side by side.
@@ -30,7 +30,7 @@ from typing import Any
 
 from charrnn.config import ModelConfig, Preset, TrainConfig, parse_duration
 from charrnn.errors import CharRNNError
-from charrnn.runs import RunLock, RunPaths, default_run_name, new_run, resolve_checkpoint, run_paths
+from charrnn.rundir import RunLock, RunPaths, default_run_name, new_run, resolve_checkpoint, run_paths
 
 Note = Callable[[str], None]
 Event = dict[str, Any]
@@ -55,7 +55,7 @@ class RunResult:
     """A finished (or interrupted) training session."""
 
     run: RunPaths
-    result: Any  # charrnn.train.loop.TrainResult: status, step, best_val, elapsed (training + validation)...
+    result: Any  # charrnn.training.loop.TrainResult: status, step, best_val, elapsed (training + validation)...
     model_config: ModelConfig
     train_config: TrainConfig
     steps_per_epoch: int
@@ -98,13 +98,13 @@ def train_run(
     `settings`: ModelConfig and TrainConfig fields (time_budget also as "90s", "10m").
     `auto`: plan the open settings from the budget, a speed probe and the corpus size.
     `spent`: seconds the caller already waited (counted against a new run's time budget).
-    `dist`: charrnn.train.distributed.Dist of this rank (default: one process).
+    `dist`: charrnn.training.distributed.Dist of this rank (default: one process).
     Raises CharRNNError; `Aborted` when a second stop request ends training at once.
     """
     from charrnn.data.corpus import prepare as prepare_corpus
     from charrnn.data.corpus import resolve_corpus
-    from charrnn.train.distributed import Dist
-    from charrnn.train.loop import check_precision
+    from charrnn.training.distributed import Dist
+    from charrnn.training.loop import check_precision
 
     t0 = time.perf_counter()
     note: Note = on_note or (lambda text: None)
@@ -237,8 +237,8 @@ class _Session:
 
     def train(self, mcfg: ModelConfig, tcfg: TrainConfig, data: Any, run: RunPaths, info: dict, ckpt: Any,
               eval_estimate: float, plan: dict[str, Any] | None, notice: str = "") -> RunResult:
-        from charrnn.train.distributed import is_peer_failure, peer_failure_message
-        from charrnn.train.loop import Trainer
+        from charrnn.training.distributed import is_peer_failure, peer_failure_message
+        from charrnn.training.loop import Trainer
 
         speed = _TrainSpeed(tcfg.batch_size * tcfg.seq_len)
 
@@ -305,7 +305,7 @@ def _plan(given: dict[str, Any], runtime: dict[str, Any], preset: str | None, da
           stops: dict[str, float], device: Any) -> Any:
     """Fill the settings the caller left open from the budget, a speed probe and the corpus."""
     from charrnn.data.corpus import split
-    from charrnn.train.plan import PRESETS, plan_run
+    from charrnn.training.plan import PRESETS, plan_run
 
     fixed = {**given, **runtime}
     if preset is not None:
