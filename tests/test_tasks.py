@@ -7,19 +7,19 @@ import torch
 from torch import Tensor, nn
 
 from charrnn.config import ModelConfig
-from charrnn.errors import CharRNNError
-from charrnn.models.charrnn import CharRNN
 from charrnn.data.tasks import (
     _TASKS,
     TASKS,
-    _probes,
     generate_task,
     is_task,
-    label_accuracy,
     majority_baseline,
+    probes,
     task_vocab,
 )
 from charrnn.data.vocab import Vocab, build_vocab
+from charrnn.errors import CharRNNError
+from charrnn.models.charrnn import CharRNN
+from charrnn.training.evaluate import label_accuracy
 
 
 def check_line(task: str, line: str) -> int:
@@ -139,7 +139,7 @@ def test_probes_score_only_the_last_line(task: str) -> None:
     # The context lines put the state where a line starts in training (a zero state can
     # leave a trained parity counter in the wrong phase); only the last line is scored.
     spec = _TASKS[task.removeprefix("task:")]
-    for text, positions in _probes(spec, 6, 20, seed=0, context=2):
+    for text, positions in probes(spec, 6, 20, seed=0, context=2):
         lines = text.split("\n")
         assert lines[0] == "" and lines[-1] == "" and len(lines) == 5
         assert all(len(line.split("=|"[task == "task:copy"])[0]) == 6 for line in lines[1:-1])

@@ -200,8 +200,9 @@ def evaluate_cmd(
 def _eval_task(ckpt: Any, path: Path, task: str, lengths: str, examples: int, seed: int, as_json: bool) -> None:
     """Accuracy of the label character per example length, beside the majority-guess baseline."""
     from charrnn.checkpoint import build_model
-    from charrnn.data.tasks import label_accuracy, majority_baseline
+    from charrnn.data.tasks import majority_baseline
     from charrnn.rundir import to_json
+    from charrnn.training.evaluate import label_accuracy
 
     try:
         sizes = [int(v) for v in lengths.split(",") if v.strip()]

@@ -20,11 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from charrnn.errors import CharRNNError
-from charrnn.models.charrnn import CharRNN
 from charrnn.data.vocab import Vocab, build_vocab
+from charrnn.errors import CharRNNError
 
 PREFIX = "task:"
 _MAX_DEPTH = 9  # bracket depth stays a single digit
@@ -57,16 +55,16 @@ def _copy(rng: np.random.Generator, length: int) -> Example:
 
 
 @dataclass(frozen=True)
-class _Task:
+class Task:
     make: Callable[[np.random.Generator, int], Example]
     alphabet: str  # every character a line can hold
     labels: str  # characters that can stand at a label position
 
 
 _TASKS = {
-    "parity": _Task(_parity, "01=YN\n", "YN"),
-    "brackets": _Task(_brackets, "()=0123456789\n", "0123456789"),
-    "copy": _Task(_copy, _COPY_SYMBOLS + "|\n", _COPY_SYMBOLS),
+    "parity": Task(_parity, "01=YN\n", "YN"),
+    "brackets": Task(_brackets, "()=0123456789\n", "0123456789"),
+    "copy": Task(_copy, _COPY_SYMBOLS + "|\n", _COPY_SYMBOLS),
 }
 TASKS = tuple(PREFIX + name for name in _TASKS)
 
@@ -76,7 +74,7 @@ def is_task(corpus: str) -> bool:
     return corpus.startswith(PREFIX)
 
 
-def _lookup(name: str) -> _Task:
+def lookup(name: str) -> Task:
     key = name.removeprefix(PREFIX)
     if key not in _TASKS:
         raise CharRNNError(f"unknown task '{name}': choose one of {', '.join(TASKS)}.")
@@ -85,7 +83,7 @@ def _lookup(name: str) -> _Task:
 
 def task_vocab(name: str) -> Vocab:
     """The vocabulary of every character the task can write. Raises CharRNNError."""
-    return build_vocab(_lookup(name).alphabet)
+    return build_vocab(lookup(name).alphabet)
 
 
 def _check_length(length: int) -> None:
@@ -99,7 +97,7 @@ def generate_task(name: str, length_min: int, length_max: int, n_chars: int, see
     Stops at the first line that brings the text to at least `n_chars` characters; the
     same arguments give the same text. Raises CharRNNError for an unknown task or bad sizes.
     """
-    task = _lookup(name)
+    task = lookup(name)
     _check_length(length_min)
     if length_max < length_min:
         raise CharRNNError(f"task length range {length_min}..{length_max} is empty.")
@@ -114,7 +112,7 @@ def generate_task(name: str, length_min: int, length_max: int, n_chars: int, see
     return "".join(lines)
 
 
-def _probes(task: _Task, length: int, n_examples: int, seed: int, context: int) -> list[Example]:
+def probes(task: Task, length: int, n_examples: int, seed: int, context: int) -> list[Example]:
     """Evaluation texts: a newline, `context` unscored lines, then the scored line.
 
     The label positions returned index the whole text. The context lines (same length)
@@ -123,71 +121,22 @@ def _probes(task: _Task, length: int, n_examples: int, seed: int, context: int) 
     """
     _check_length(length)
     rng = np.random.default_rng([seed, length])  # each length its own stream
-    probes = []
+    examples = []
     for _ in range(n_examples):
         prefix = "\n" + "".join(task.make(rng, length)[0] for _ in range(context))
         line, positions = task.make(rng, length)
-        probes.append((prefix + line, [len(prefix) + p for p in positions]))
-    return probes
-
-
-@torch.no_grad()
-def label_accuracy(
-    model: CharRNN,
-    vocab: Vocab,
-    task: str,
-    lengths: list[int],
-    n_examples: int,
-    seed: int,
-    context: int = 2,
-) -> dict[int, float]:
-    """Fraction of label characters predicted right, per input length.
-
-    Each example is one line of the task of that length, read from the zero state after
-    a newline and `context` other lines of the same length, which are not scored. All
-    `n_examples` of one length run as one batch (B = n_examples). The prediction at a
-    label position is the argmax over the task's label characters only, so an untrained
-    model scores chance rather than 0. Raises CharRNNError if `vocab` lacks the task's
-    characters (the model was trained on something else) or a length is below 1.
-    """
-    spec = _lookup(task)
-    if n_examples < 1:
-        raise CharRNNError("evaluation needs at least 1 example per length.")
-    missing = vocab.missing(spec.alphabet)
-    if missing:
-        raise CharRNNError(
-            f"the model's vocabulary lacks {''.join(missing)!r} of {task}: "
-            f"evaluate a model trained on {task}."
-        )
-    device = next(model.parameters()).device
-    label_ids = torch.tensor(vocab.encode(spec.labels), device=device)
-    was_training = model.training
-    model.eval()
-    try:
-        result = {}
-        for length in lengths:
-            probes = _probes(spec, length, n_examples, seed, context)
-            ids = torch.tensor([vocab.encode(text) for text, _ in probes], device=device)
-            targets = torch.tensor([pos for _, pos in probes], device=device)  # (B, P)
-            logits, _ = model(ids[:, :-1], model.init_state(len(probes), device))  # (B, T, V)
-            # logits[:, q - 1] predicts ids[:, q]
-            index = (targets - 1).unsqueeze(2).expand(-1, -1, logits.size(2))
-            scores = logits.gather(1, index)[:, :, label_ids]  # (B, P, number of labels)
-            guess = label_ids[scores.argmax(2)]  # (B, P)
-            result[length] = (guess == ids.gather(1, targets)).float().mean().item()
-        return result
-    finally:
-        model.train(was_training)
+        examples.append((prefix + line, [len(prefix) + p for p in positions]))
+    return examples
 
 
 def majority_baseline(
     task: str, lengths: list[int], n_examples: int, seed: int
 ) -> dict[int, float]:
     """Accuracy of always answering the most frequent label, on label_accuracy's examples."""
-    spec = _lookup(task)
+    spec = lookup(task)
     result = {}
     for length in lengths:
-        probes = _probes(spec, length, n_examples, seed, context=2)
-        labels = [text[q] for text, positions in probes for q in positions]
+        examples = probes(spec, length, n_examples, seed, context=2)
+        labels = [text[q] for text, positions in examples for q in positions]
         result[length] = max(labels.count(c) for c in set(labels)) / len(labels)
     return result
