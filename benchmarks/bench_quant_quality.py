@@ -20,12 +20,11 @@ from pathlib import Path
 
 import torch
 
-from charrnn.sample import numpy_int8 as npint8
-
-from charrnn.sample import numpy_engine as npsample
 from charrnn.checkpoint import build_model, load_checkpoint
 from charrnn.config import SampleConfig
 from charrnn.data.corpus import prepare, split
+from charrnn.sample import numpy_engine as npsample
+from charrnn.sample import numpy_int8 as npint8
 from charrnn.sample.fast_step import available_weight_modes, build_stepper
 from charrnn.sample.torch_engine import generate, score_with_stepper
 
@@ -48,8 +47,16 @@ def main() -> None:
     cfg = SampleConfig(length=300, seed=42)
 
     def record(mode: str, nats: float, seconds: float, one: str, two: str) -> None:
-        rows.append({"weights": mode, "val_nats": nats, "val_bits": nats / 0.6931471805599453,
-                     "seconds": seconds, "repeatable": one == two, "sample": "ROMEO:" + one})
+        rows.append(
+            {
+                "weights": mode,
+                "val_nats": nats,
+                "val_bits": nats / 0.6931471805599453,
+                "seconds": seconds,
+                "repeatable": one == two,
+                "sample": "ROMEO:" + one,
+            }
+        )
         print(f"{mode:>10}: val {nats:.5f} nats/char  ({seconds:.1f}s)  repeatable={one == two}", flush=True)
 
     for mode in available_weight_modes(torch.device("cpu")):
@@ -74,8 +81,13 @@ def main() -> None:
     base = rows[0]["val_nats"]
     for row in rows:
         row["delta_vs_fp32"] = row["val_nats"] - base
-    report = {"benchmark": "quant_quality", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "checkpoint": str(args.checkpoint), "val_chars": int(len(val)), "results": rows}
+    report = {
+        "benchmark": "quant_quality",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": str(args.checkpoint),
+        "val_chars": int(len(val)),
+        "results": rows,
+    }
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     for row in rows:

@@ -29,9 +29,7 @@ TARGETS = {"peephole-lstm": 0.5, "gf-rnn": 0.35, "gf-gru": 0.35, "gf-lstm": 0.35
 
 def make_step(kind: str, args: argparse.Namespace, device: torch.device):  # type: ignore[no-untyped-def]
     """A closure running one training step of a fresh model of `kind`; returns it and the model."""
-    cfg = ModelConfig(
-        vocab_size=args.vocab, model=kind, num_layers=args.layers, hidden_size=args.hidden
-    )
+    cfg = ModelConfig(vocab_size=args.vocab, model=kind, num_layers=args.layers, hidden_size=args.hidden)
     model = CharRNN(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randint(0, args.vocab, (args.batch_size, args.seq_len), device=device)
@@ -89,9 +87,7 @@ def main() -> None:
         f"{args.layers}x{args.hidden}, B={args.batch_size}, T={args.seq_len}, device={device}, "
         f"threads={torch.get_num_threads()}, torch {torch.__version__}, {date.today()}"
     )
-    print(
-        f"{'kind':<14}{'params':>10}{'first s':>9}{'step s':>9}{'chars/s':>10}{'x lstm':>8}{'target':>8}"
-    )
+    print(f"{'kind':<14}{'params':>10}{'first s':>9}{'step s':>9}{'chars/s':>10}{'x lstm':>8}{'target':>8}")
     for kind in kinds:
         step_s = statistics.median(times[kind])
         rate = chars / step_s
@@ -109,15 +105,8 @@ def main() -> None:
                 "meets_target": None if target is None else rate / ref >= target,
             }
         )
-        mark = (
-            ""
-            if target is None
-            else (f"{target:.2f}" + (" ok" if rate / ref >= target else " MISS"))
-        )
-        print(
-            f"{kind:<14}{params[kind]:>10}{first[kind]:>9.2f}{step_s:>9.3f}{rate:>10.0f}"
-            f"{rate / ref:>8.2f}{mark:>8}"
-        )
+        mark = "" if target is None else (f"{target:.2f}" + (" ok" if rate / ref >= target else " MISS"))
+        print(f"{kind:<14}{params[kind]:>10}{first[kind]:>9.2f}{step_s:>9.3f}{rate:>10.0f}{rate / ref:>8.2f}{mark:>8}")
     result = {
         "date": str(date.today()),
         "machine": platform.processor() or platform.machine(),

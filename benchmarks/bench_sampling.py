@@ -48,14 +48,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from charrnn.sample import numpy_int8 as npint8
-
-from charrnn.sample import numpy_engine as npsample
-from charrnn.sample import draw as draw_mod
 from charrnn.config import FUSED_MODELS, ModelConfig, SampleConfig
+from charrnn.models.charrnn import CharRNN, State
+from charrnn.sample import draw as draw_mod
+from charrnn.sample import numpy_engine as npsample
+from charrnn.sample import numpy_int8 as npint8
 from charrnn.sample.fast_step import build_stepper
 from charrnn.sample.step_base import FastStepper, available_weight_modes
-from charrnn.models.charrnn import CharRNN, State
 
 StepFn = Callable[[Tensor, State], tuple[Tensor, State]]
 TEMPERATURE = 0.8
@@ -116,8 +115,7 @@ def limit_step(stepper: FastStepper) -> StepFn:
         xs = inputs.get(x.shape[0])
         if xs is None:  # one fixed input per linear, of its width
             xs = inputs[x.shape[0]] = [
-                torch.full((x.shape[0], lin.weight_t.shape[0]), 0.01, device=x.device)
-                for lin in stepper.lins
+                torch.full((x.shape[0], lin.weight_t.shape[0]), 0.01, device=x.device) for lin in stepper.lins
             ]
         stepper.table.index_select(0, x)
         for lin, inp in zip(stepper.lins, xs):
@@ -185,10 +183,7 @@ def bench_case(model: CharRNN, streams: int, rounds: int, chunk_s: float, draw: 
         "fp32_weight_bytes": fp32_bytes,
         "chars_per_s": {k: statistics.median(v) for k, v in rates.items()},
         "best_round": {k: max(v) for k, v in rates.items()},
-        "ratios": {
-            f"{a}/{b}": statistics.median(x / y for x, y in zip(rates[a], rates[b]))
-            for a, b in pairs
-        },
+        "ratios": {f"{a}/{b}": statistics.median(x / y for x, y in zip(rates[a], rates[b])) for a, b in pairs},
     }
 
 
@@ -201,7 +196,8 @@ def format_row(row: dict) -> str:
     for ref in ("limit", "dram"):
         if ref in rates:
             text += f" | {ref} {rates[ref]:,.0f}: " + ", ".join(
-                f"{m} {ratios[f'{m}/{ref}']:.2f}x" for m in ("fp32", "numpy") if f"{m}/{ref}" in ratios)
+                f"{m} {ratios[f'{m}/{ref}']:.2f}x" for m in ("fp32", "numpy") if f"{m}/{ref}" in ratios
+            )
     for pair in ("int8/fp32", "numpy-int8/fp32", "numpy-int8/numpy"):
         if pair in ratios:
             text += f" | {pair} {ratios[pair]:.2f}x"
@@ -217,11 +213,13 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=65)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--chunk-s", type=float, default=0.03, help="seconds per method per round")
+    parser.add_argument("--threads", default="1", help="torch thread counts, comma-separated; 0 = default")
     parser.add_argument(
-        "--threads", default="1", help="torch thread counts, comma-separated; 0 = default"
+        "--draw",
+        choices=["sampler", "none"],
+        default="sampler",
+        help="sampler: charrnn's draw after each step; none: steps alone",
     )
-    parser.add_argument("--draw", choices=["sampler", "none"], default="sampler",
-                        help="sampler: charrnn's draw after each step; none: steps alone")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", default="", help="also write the figures to this file")
     args = parser.parse_args()
@@ -234,9 +232,7 @@ def main() -> None:
         torch.set_num_threads(threads)
         for kind in args.kinds.split(","):
             torch.manual_seed(0)
-            cfg = ModelConfig(
-                vocab_size=args.vocab, model=kind, num_layers=args.layers, hidden_size=args.hidden
-            )
+            cfg = ModelConfig(vocab_size=args.vocab, model=kind, num_layers=args.layers, hidden_size=args.hidden)
             model = CharRNN(cfg).to(args.device).eval()
             for streams in (int(s) for s in args.streams.split(",")):
                 case = bench_case(model, streams, args.rounds, args.chunk_s, args.draw == "sampler")

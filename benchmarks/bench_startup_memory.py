@@ -23,8 +23,36 @@ from pathlib import Path
 
 import numpy as np
 
-WORDS = ["the", "and", "of", "to", "a", "in", "that", "is", "was", "he", "for", "it", "with", "as", "his",
-         "café", "naïve", "über", "straße", "élan", "ño", "это", "слово", "中文", "字符", "—", "…", "“quoted”"]
+WORDS = [
+    "the",
+    "and",
+    "of",
+    "to",
+    "a",
+    "in",
+    "that",
+    "is",
+    "was",
+    "he",
+    "for",
+    "it",
+    "with",
+    "as",
+    "his",
+    "café",
+    "naïve",
+    "über",
+    "straße",
+    "élan",
+    "ño",
+    "это",
+    "слово",
+    "中文",
+    "字符",
+    "—",
+    "…",
+    "“quoted”",
+]
 
 
 def charrnn(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
@@ -47,9 +75,12 @@ def first_char_seconds(runs_dir: Path, repeats: int, engine: str = "auto") -> li
     env = {**os.environ, "CHARRNN_RUNS_DIR": str(runs_dir)}
     for _ in range(repeats):
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "charrnn", "sample", "big", "--length", "200", "--seed", "1",
-                                 "--engine", engine],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "charrnn", "sample", "big", "--length", "200", "--seed", "1", "--engine", engine],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
         assert proc.stdout is not None
         proc.stdout.read(1)
         times.append(time.perf_counter() - start)
@@ -64,8 +95,8 @@ def make_run(runs_dir: Path) -> None:
 
     from charrnn.checkpoint import Checkpoint, save_checkpoint
     from charrnn.config import ModelConfig, TrainConfig
-    from charrnn.models.charrnn import CharRNN
     from charrnn.data.vocab import build_vocab
+    from charrnn.models.charrnn import CharRNN
 
     vocab = build_vocab("".join(chr(c) for c in range(32, 97)) + "\n")
     cfg = ModelConfig(vocab_size=len(vocab), num_layers=2, hidden_size=512)
@@ -126,8 +157,10 @@ def main() -> None:
         report["sample_first_char_torch_engine_s_median"] = statistics.median(firsts["torch"])
         print(f"charrnn --help          median {report['help_s_median']:.3f} s  (target < 0.3)")
         print(f"charrnn train --help    median {report['train_help_s_median']:.3f} s  (target < 0.3)")
-        print(f"sample first character  median {report['sample_first_char_s_median']:.3f} s  (target < 2.5; "
-              f"{report['sample_first_char_torch_engine_s_median']:.3f} s with --engine torch)")
+        print(
+            f"sample first character  median {report['sample_first_char_s_median']:.3f} s  (target < 2.5; "
+            f"{report['sample_first_char_torch_engine_s_median']:.3f} s with --engine torch)"
+        )
         if not args.startup_only:
             env = {**os.environ, "CHARRNN_DATA_DIR": str(tmp / "data"), "CHARRNN_RUNS_DIR": str(tmp / "runs")}
             big, small = tmp / "big.txt", tmp / "small.txt"
@@ -138,15 +171,35 @@ def main() -> None:
             rss, seconds = run_measured(["prepare", str(big)], env)
             report["prepare_peak_rss_mb"] = rss
             report["prepare_mb_per_s"] = big.stat().st_size / 1e6 / seconds
-            print(f"prepare {args.gb:g} GB          peak RSS {rss:.0f} MB (target < 400), "
-                  f"{report['prepare_mb_per_s']:.1f} MB/s (target >= 30)", flush=True)
-            train = ["--hidden", "128", "--layers", "2", "--batch-size", "32", "--seq-len", "100", "--max-steps",
-                     str(args.train_steps), "--eval-every", str(args.train_steps), "--quiet", "--device", "cpu"]
+            print(
+                f"prepare {args.gb:g} GB          peak RSS {rss:.0f} MB (target < 400), "
+                f"{report['prepare_mb_per_s']:.1f} MB/s (target >= 30)",
+                flush=True,
+            )
+            train = [
+                "--hidden",
+                "128",
+                "--layers",
+                "2",
+                "--batch-size",
+                "32",
+                "--seq-len",
+                "100",
+                "--max-steps",
+                str(args.train_steps),
+                "--eval-every",
+                str(args.train_steps),
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
             rss_big, _ = run_measured(["train", str(big), "--name", "big-corpus", *train], env)
             rss_small, _ = run_measured(["train", str(small), "--name", "small-corpus", *train], env)
             report["train_peak_rss_mb"] = {"1GB": rss_big, "1MB": rss_small, "ratio": rss_big / rss_small}
-            print(f"train peak RSS          {rss_big:.0f} MB on {args.gb:g} GB vs {rss_small:.0f} MB on 1 MB "
-                  f"(ratio {rss_big / rss_small:.2f}, target within 0.85-1.15)")
+            print(
+                f"train peak RSS          {rss_big:.0f} MB on {args.gb:g} GB vs {rss_small:.0f} MB on 1 MB "
+                f"(ratio {rss_big / rss_small:.2f}, target within 0.85-1.15)"
+            )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     print(json.dumps(report))

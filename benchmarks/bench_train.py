@@ -47,8 +47,9 @@ class BareLM(nn.Module):
         return self.head(out), state
 
 
-def bare_rates(layers: int, hidden: int, batch: int, seq: int, steps: int, device: torch.device,
-               precision: str = "fp32") -> list[float]:
+def bare_rates(
+    layers: int, hidden: int, batch: int, seq: int, steps: int, device: torch.device, precision: str = "fp32"
+) -> list[float]:
     """chars/s of each timed step of the bare loop (after 3 warm-up steps)."""
     torch.manual_seed(0)
     model = BareLM(layers, hidden).to(device)
@@ -74,14 +75,24 @@ def bare_rates(layers: int, hidden: int, batch: int, seq: int, steps: int, devic
     return rates
 
 
-def charrnn_rates(corpus: Path, layers: int, hidden: int, batch: int, seq: int, steps: int, device: str,
-                  precision: str = "fp32") -> list[float]:
+def charrnn_rates(
+    corpus: Path, layers: int, hidden: int, batch: int, seq: int, steps: int, device: str, precision: str = "fp32"
+) -> list[float]:
     """chars/s between consecutive per-step events of the real Trainer (after 3 warm-up steps)."""
     with tempfile.TemporaryDirectory() as tmp:
         data = prepare(corpus, Path(tmp) / "data")
         mcfg = ModelConfig(vocab_size=len(data.vocab), num_layers=layers, hidden_size=hidden)
-        tcfg = TrainConfig(batch_size=batch, seq_len=seq, max_steps=steps + 3, eval_every=10**9, log_every=1,
-                           device=device, val_frac=0.01, val_chars=batch * seq + 1, precision=precision)
+        tcfg = TrainConfig(
+            batch_size=batch,
+            seq_len=seq,
+            max_steps=steps + 3,
+            eval_every=10**9,
+            log_every=1,
+            device=device,
+            val_frac=0.01,
+            val_chars=batch * seq + 1,
+            precision=precision,
+        )
         stamps: list[float] = []
 
         def on_event(event: dict) -> None:
@@ -123,16 +134,31 @@ def main() -> None:
                 for _ in range(args.rounds):
                     bare += bare_rates(layers, hidden, batch, args.seq, args.steps, device, precision)
                     ours += charrnn_rates(corpus, layers, hidden, batch, args.seq, args.steps, args.device, precision)
-                row = {"size": spec, "batch": batch, "seq": args.seq, "precision": precision,
-                       "bare_chars_per_s": statistics.median(bare), "charrnn_chars_per_s": statistics.median(ours)}
+                row = {
+                    "size": spec,
+                    "batch": batch,
+                    "seq": args.seq,
+                    "precision": precision,
+                    "bare_chars_per_s": statistics.median(bare),
+                    "charrnn_chars_per_s": statistics.median(ours),
+                }
                 row["ratio"] = row["charrnn_chars_per_s"] / row["bare_chars_per_s"]
                 results.append(row)
-                print(f"{spec:>7} B={batch:<4} {precision} bare {row['bare_chars_per_s']:>12,.0f}  charrnn "
-                      f"{row['charrnn_chars_per_s']:>12,.0f} chars/s  ratio {row['ratio']:.3f}", flush=True)
-    report = {"benchmark": "train", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": platform.processor() or platform.machine(), "device": str(device),
-              "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "results": results}
+                print(
+                    f"{spec:>7} B={batch:<4} {precision} bare {row['bare_chars_per_s']:>12,.0f}  charrnn "
+                    f"{row['charrnn_chars_per_s']:>12,.0f} chars/s  ratio {row['ratio']:.3f}",
+                    flush=True,
+                )
+    report = {
+        "benchmark": "train",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.processor() or platform.machine(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "results": results,
+    }
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     print(json.dumps(report))

@@ -37,7 +37,7 @@ class Net(nn.Module):
 
 def streams(tokens: torch.Tensor, batch: int) -> torch.Tensor:
     n = (len(tokens) - 1) // batch
-    return torch.stack([tokens[b * n:(b + 1) * n + 1] for b in range(batch)])  # (B, n+1)
+    return torch.stack([tokens[b * n : (b + 1) * n + 1] for b in range(batch)])  # (B, n+1)
 
 
 @torch.no_grad()
@@ -46,8 +46,8 @@ def validate(net: Net, val: torch.Tensor, streams_n: int, chunk: int) -> float:
     rows = streams(val, streams_n)
     total, count, state = 0.0, 0, None
     for at in range(0, rows.shape[1] - 1, chunk):
-        x, y = rows[:, at:at + chunk], rows[:, at + 1:at + chunk + 1]
-        x = x[:, :y.shape[1]]
+        x, y = rows[:, at : at + chunk], rows[:, at + 1 : at + chunk + 1]
+        x = x[:, : y.shape[1]]
         logits, state = net(x, state)
         total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
         count += y.numel()
@@ -72,8 +72,12 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true", help="autocast to bf16 (CPUs with AMX, GPUs)")
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--beta2", type=float, default=0.999, help="AdamW's second beta (charrnn: 0.99)")
-    ap.add_argument("--forget-bias", type=float, default=None,
-                    help="start every forget-gate bias at this value (default: torch's uniform init)")
+    ap.add_argument(
+        "--forget-bias",
+        type=float,
+        default=None,
+        help="start every forget-gate bias at this value (default: torch's uniform init)",
+    )
     ap.add_argument("--json")
     args = ap.parse_args()
     if not (args.steps or args.time_budget):
@@ -95,8 +99,8 @@ def main() -> None:
         h = args.hidden
         with torch.no_grad():
             for l in range(args.layers):
-                getattr(net.lstm, f"bias_ih_l{l}")[h:2 * h].fill_(args.forget_bias)
-                getattr(net.lstm, f"bias_hh_l{l}")[h:2 * h].zero_()
+                getattr(net.lstm, f"bias_ih_l{l}")[h : 2 * h].fill_(args.forget_bias)
+                getattr(net.lstm, f"bias_hh_l{l}")[h : 2 * h].zero_()
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, args.beta2))
     evals, state, step, cursor = [], None, 0, 0
     clock0 = time.perf_counter()
@@ -112,7 +116,7 @@ def main() -> None:
         if cursor >= steps_per_epoch:
             cursor, state = 0, None
         at = cursor * args.seq_len
-        x, y = rows[:, at:at + args.seq_len], rows[:, at + 1:at + args.seq_len + 1]
+        x, y = rows[:, at : at + args.seq_len], rows[:, at + 1 : at + args.seq_len + 1]
         lr = args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress())))
         for g in opt.param_groups:
             g["lr"] = lr
@@ -128,13 +132,24 @@ def main() -> None:
         cursor += 1
         if progress() >= next_eval / args.evals or progress() >= 1.0:
             v = validate(net, val, args.val_streams, 256)
-            evals.append({"step": step, "time": round(time.perf_counter() - start, 1),
-                          "epochs": round(step / steps_per_epoch, 2), "val": round(v, 4)})
+            evals.append(
+                {
+                    "step": step,
+                    "time": round(time.perf_counter() - start, 1),
+                    "epochs": round(step / steps_per_epoch, 2),
+                    "val": round(v, 4),
+                }
+            )
             print(json.dumps(evals[-1]), flush=True)
             next_eval += 1
-    result = {"args": vars(args), "steps": step, "train_s": round(time.perf_counter() - clock0, 1),
-              "chars_per_s": round(step * args.batch_size * args.seq_len / (time.perf_counter() - clock0)),
-              "best_val": min(e["val"] for e in evals), "evals": evals}
+    result = {
+        "args": vars(args),
+        "steps": step,
+        "train_s": round(time.perf_counter() - clock0, 1),
+        "chars_per_s": round(step * args.batch_size * args.seq_len / (time.perf_counter() - clock0)),
+        "best_val": min(e["val"] for e in evals),
+        "evals": evals,
+    }
     print(json.dumps({k: result[k] for k in ("steps", "train_s", "chars_per_s", "best_val")}))
     if args.json:
         with open(args.json, "w") as f:

@@ -45,15 +45,35 @@ def write_corpus(path: Path, size: int, seed: int = 0) -> None:
 
 
 def run(corpus: Path, budget: str, tmp: Path) -> dict:
-    cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), "--time-budget", budget, "--name", corpus.stem,
-           "--runs-dir", str(tmp / "runs"), "--data-dir", str(tmp / "data")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "charrnn",
+        "train",
+        str(corpus),
+        "--time-budget",
+        budget,
+        "--name",
+        corpus.stem,
+        "--runs-dir",
+        str(tmp / "runs"),
+        "--data-dir",
+        str(tmp / "data"),
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     wall = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     plan = [line for line in proc.stderr.splitlines() if line.startswith(("plan:", "  "))]
-    row = {"corpus": corpus.name, "bytes": corpus.stat().st_size, "budget": budget, "exit": proc.returncode,
-           "wall_s": round(wall, 1), "peak_rss_mb_so_far": round(peak_mb), "plan": plan}
+    row = {
+        "corpus": corpus.name,
+        "bytes": corpus.stat().st_size,
+        "budget": budget,
+        "exit": proc.returncode,
+        "wall_s": round(wall, 1),
+        "peak_rss_mb_so_far": round(peak_mb),
+        "plan": plan,
+    }
     if proc.returncode == 0:
         events = [json.loads(x) for x in (tmp / "runs" / corpus.stem / "metrics.jsonl").read_text().splitlines()]
         evals = [e for e in events if e["event"] == "eval"]
@@ -80,8 +100,9 @@ def main() -> None:
             corpus.unlink()
             print(json.dumps(rows[-1], indent=1), flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"benchmark": "plan_sanity", "date": time.strftime("%Y-%m-%d"),
-                                         "rows": rows}, indent=2))
+        args.json.write_text(
+            json.dumps({"benchmark": "plan_sanity", "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,23 @@ SHARED_CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 
 
 def run_once(corpus: Path, budget: str, flags: list[str], runs_dir: Path, name: str, data_dir: Path) -> dict:
-    cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), "--time-budget", budget, "--name", name,
-           "--runs-dir", str(runs_dir), "--data-dir", str(data_dir), "--quiet", *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "charrnn",
+        "train",
+        str(corpus),
+        "--time-budget",
+        budget,
+        "--name",
+        name,
+        "--runs-dir",
+        str(runs_dir),
+        "--data-dir",
+        str(data_dir),
+        "--quiet",
+        *flags,
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -46,15 +61,22 @@ def run_once(corpus: Path, budget: str, flags: list[str], runs_dir: Path, name: 
     end = next((e for e in reversed(events) if e["event"] == "end"), {})
     model, train = config["model"], config["train"]
     return {
-        "budget": budget, "flags": flags, "wall_s": round(wall, 1),
-        "best_val": best["val_loss"], "best_bpc": best["val_loss"] / math.log(2),
-        "best_at_s": best["time"], "best_step": best["step"], "steps": end.get("step"),
-        "stop": end.get("reason"), "epochs": round(end.get("step", 0) / max(config["steps_per_epoch"], 1), 2),
+        "budget": budget,
+        "flags": flags,
+        "wall_s": round(wall, 1),
+        "best_val": best["val_loss"],
+        "best_bpc": best["val_loss"] / math.log(2),
+        "best_at_s": best["time"],
+        "best_step": best["step"],
+        "steps": end.get("step"),
+        "stop": end.get("reason"),
+        "epochs": round(end.get("step", 0) / max(config["steps_per_epoch"], 1), 2),
         "evals": [(e["time"], round(e["val_loss"], 4)) for e in evals],
         "config": f"{model['num_layers']}x{model['hidden_size']} {model['model']}, embed {model['embed_size']}, "
-                  f"B={train['batch_size']} T={train['seq_len']}, lr {train['lr']:g}, dropout {model['dropout']:g} "
-                  f"({model['dropout_mask']}), weight drop {model['weight_drop']:g}, {train['precision']}",
-        "plan": config["corpus"].get("plan"), "device": config["device"],
+        f"B={train['batch_size']} T={train['seq_len']}, lr {train['lr']:g}, dropout {model['dropout']:g} "
+        f"({model['dropout_mask']}), weight drop {model['weight_drop']:g}, {train['precision']}",
+        "plan": config["corpus"].get("plan"),
+        "device": config["device"],
     }
 
 
@@ -64,9 +86,11 @@ def sgemm_gflops(n: int = 2048, reps: int = 5) -> float:
     Shared machines vary by a third from hour to hour; a fixed-time result reads only
     beside the speed it ran at.
     """
-    code = ("import time, torch; a = torch.randn({n}, {n}); a @ a; t = time.perf_counter()\n"
-            "for _ in range({reps}): a @ a\n"
-            "print(2 * {n} ** 3 * {reps} / (time.perf_counter() - t) / 1e9)").format(n=n, reps=reps)
+    code = (
+        "import time, torch; a = torch.randn({n}, {n}); a @ a; t = time.perf_counter()\n"
+        "for _ in range({reps}): a @ a\n"
+        "print(2 * {n} ** 3 * {reps} / (time.perf_counter() - t) / 1e9)"
+    ).format(n=n, reps=reps)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return round(float(out), 1)
 
@@ -80,14 +104,20 @@ def _shown_path(path: Path) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| budget | variant | best val nats/char | bits/char | reached at | wall | epochs | stop | configuration |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| budget | variant | best val nats/char | bits/char | reached at | wall | epochs | stop | configuration |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['budget']} | {r['variant']} | error | | | {r['wall_s']:.0f} s | | | {r['error'][:80]} |")
+            lines.append(
+                f"| {r['budget']} | {r['variant']} | error | | | {r['wall_s']:.0f} s | | | {r['error'][:80]} |"
+            )
             continue
-        lines.append(f"| {r['budget']} | {r['variant']} | {r['best_val']:.4f} | {r['best_bpc']:.4f} | "
-                     f"{r['best_at_s']:.0f} s | {r['wall_s']:.0f} s | {r['epochs']} | {r['stop']} | {r['config']} |")
+        lines.append(
+            f"| {r['budget']} | {r['variant']} | {r['best_val']:.4f} | {r['best_bpc']:.4f} | "
+            f"{r['best_at_s']:.0f} s | {r['wall_s']:.0f} s | {r['epochs']} | {r['stop']} | {r['config']} |"
+        )
     return "\n".join(lines)
 
 
@@ -95,8 +125,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=SHARED_CORPUS)
     parser.add_argument("--budgets", default="100s,10m", help="comma separated durations")
-    parser.add_argument("--variant", action="append", default=[],
-                        help="'name|flags' run besides the defaults (repeatable); 'defaults|' is always first")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="'name|flags' run besides the defaults (repeatable); 'defaults|' is always first",
+    )
     parser.add_argument("--no-defaults", action="store_true", help="run only the variants")
     parser.add_argument("--keep", type=Path, help="keep the run folders here (default: a temporary folder)")
     parser.add_argument("--json", type=Path)
@@ -105,22 +139,46 @@ def main() -> None:
     if not args.corpus.is_file():
         sys.exit(f"corpus {args.corpus} not found: pass --corpus (tiny-shakespeare is expected beside the project)")
     variants = ([] if args.no_defaults else [("defaults", [])]) + [
-        (v.split("|", 1)[0].strip(), shlex.split(v.split("|", 1)[1])) for v in args.variant]
+        (v.split("|", 1)[0].strip(), shlex.split(v.split("|", 1)[1])) for v in args.variant
+    ]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = args.keep or Path(tmp) / "runs"
         for budget in args.budgets.split(","):
             for i, (label, flags) in enumerate(variants):
                 gflops = sgemm_gflops()
-                row = {"variant": label, "sgemm_gflops_before": gflops, **run_once(args.corpus, budget, flags, runs_dir,
-                                                    f"q-{budget}-{i}-{int(time.time())}", Path(tmp) / "data")}
+                row = {
+                    "variant": label,
+                    "sgemm_gflops_before": gflops,
+                    **run_once(
+                        args.corpus, budget, flags, runs_dir, f"q-{budget}-{i}-{int(time.time())}", Path(tmp) / "data"
+                    ),
+                }
                 rows.append(row)
-                shown = {k: row.get(k) for k in ("budget", "variant", "best_val", "best_bpc", "best_at_s", "wall_s",
-                                                 "stop", "config", "error", "sgemm_gflops_before")}
+                shown = {
+                    k: row.get(k)
+                    for k in (
+                        "budget",
+                        "variant",
+                        "best_val",
+                        "best_bpc",
+                        "best_at_s",
+                        "wall_s",
+                        "stop",
+                        "config",
+                        "error",
+                        "sgemm_gflops_before",
+                    )
+                }
                 print(json.dumps(shown), flush=True)
-    report = {"benchmark": "quality", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-              "corpus": _shown_path(args.corpus), "rows": rows}
+    report = {
+        "benchmark": "quality",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "corpus": _shown_path(args.corpus),
+        "rows": rows,
+    }
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     table = markdown(rows)

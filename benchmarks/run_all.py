@@ -36,10 +36,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         results = {
-            "train": run("bench_train.py", t / "train.json", "--sizes", "2x512,2x128", "--batch", "64,64",
-                         "--steps", "8" if args.quick else "15", *rounds),
-            "sampling": run("bench_sampling.py", t / "sampling.json", "--kinds", "lstm,gru,rnn",
-                            "--rounds", "6" if args.quick else "12"),
+            "train": run(
+                "bench_train.py",
+                t / "train.json",
+                "--sizes",
+                "2x512,2x128",
+                "--batch",
+                "64,64",
+                "--steps",
+                "8" if args.quick else "15",
+                *rounds,
+            ),
+            "sampling": run(
+                "bench_sampling.py",
+                t / "sampling.json",
+                "--kinds",
+                "lstm,gru,rnn",
+                "--rounds",
+                "6" if args.quick else "12",
+            ),
             "recurrent": run("bench_recurrent.py", t / "recurrent.json", "--rounds", "2" if args.quick else "3"),
             "startup_memory": run("bench_startup_memory.py", t / "sm.json", "--gb", "0.2" if args.quick else "1"),
         }
@@ -55,9 +70,13 @@ def main() -> None:
             rows.append((f"{at}: numpy engine vs naive", f"{q['numpy/naive']:.1f}x", ">= 5x (lstm)"))
             rows.append((f"{at}: numpy engine vs memory-bound limit", f"{q['numpy/limit']:.2f}x", ">= 0.9x"))
             if r["kind"] == "lstm" and "numpy-int8/fp32" in q:  # what `sample --weights int8` runs
-                rows.append((f"{at}: int8 vs naive / vs torch fp32 / vs numpy fp32",
-                             f"{q['numpy-int8/naive']:.1f}x / {q['numpy-int8/fp32']:.2f}x / {q['numpy-int8/numpy']:.2f}x",
-                             ">= 20x / >= 4x / -"))
+                rows.append(
+                    (
+                        f"{at}: int8 vs naive / vs torch fp32 / vs numpy fp32",
+                        f"{q['numpy-int8/naive']:.1f}x / {q['numpy-int8/fp32']:.2f}x / {q['numpy-int8/numpy']:.2f}x",
+                        ">= 20x / >= 4x / -",
+                    )
+                )
             if r["kind"] == "lstm" and "int8/fp32" in q:
                 rows.append((f"{at}: torch's fbgemm int8 vs torch fp32", f"{q['int8/fp32']:.2f}x", "-"))
         else:

@@ -37,10 +37,21 @@ TINY = ["--hidden", "32", "--layers", "1", "--batch-size", "4", "--seq-len", "16
 
 
 def charrnn(*args: str, tmp: Path, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "CHARRNN_RUNS_DIR": str(tmp / "runs"), "CHARRNN_DATA_DIR": str(tmp / "data")}
-    return subprocess.Popen([sys.executable, "-m", "charrnn", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "CHARRNN_RUNS_DIR": str(tmp / "runs"),
+        "CHARRNN_DATA_DIR": str(tmp / "data"),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "charrnn", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def events(run: Path) -> list[dict]:
@@ -112,11 +123,15 @@ def race(tmp: Path, corpus: Path) -> dict:
     refused_after = time.perf_counter() - t0
     frozen.send_signal(signal.SIGCONT)
     frozen_exit = frozen.wait()
-    report = {"second_exit": second_exit, "second_refused_after_s": round(refused_after, 2),
-              "second_message": second.stderr.read().strip()[:120], "frozen_exit": frozen_exit,
-              "final_step": checkpoint_step(run), "steps_once": train_steps(run) == list(range(1, 61))}
-    together = [charrnn("train", "--resume", "r", "--max-steps", "90", "--log-every", "1", tmp=tmp)
-                for _ in range(2)]
+    report = {
+        "second_exit": second_exit,
+        "second_refused_after_s": round(refused_after, 2),
+        "second_message": second.stderr.read().strip()[:120],
+        "frozen_exit": frozen_exit,
+        "final_step": checkpoint_step(run),
+        "steps_once": train_steps(run) == list(range(1, 61)),
+    }
+    together = [charrnn("train", "--resume", "r", "--max-steps", "90", "--log-every", "1", tmp=tmp) for _ in range(2)]
     report["together_exits"] = sorted(p.wait() for p in together)
     report["together_final_step"] = checkpoint_step(run)
     report["together_steps_once"] = train_steps(run) == list(range(1, 91))
@@ -147,21 +162,25 @@ def prepare_kills(tmp: Path, corpus: Path, n: int, seed: int) -> dict:
     proc = charrnn("prepare", str(corpus), "--data-dir", str(data), tmp=tmp)
     code = proc.wait()
     left_behind = sum(1 for p in cache.glob(".*") if p.is_dir())
-    return {"kills": n, "temp_folders_left_by_kills": temp_seen, "prepares_that_finished_before_the_kill": completed,
-            "next_prepare_exit": code, "next_prepare_s": round(time.perf_counter() - t0, 1),
-            "temp_folders_after_next_prepare": left_behind,
-            "notes": [line for line in proc.stderr.read().splitlines() if line]}
+    return {
+        "kills": n,
+        "temp_folders_left_by_kills": temp_seen,
+        "prepares_that_finished_before_the_kill": completed,
+        "next_prepare_exit": code,
+        "next_prepare_s": round(time.perf_counter() - t0, 1),
+        "temp_folders_after_next_prepare": left_behind,
+        "notes": [line for line in proc.stderr.read().splitlines() if line],
+    }
 
 
 def inflated(tmp: Path, gib: float) -> dict:
     """A real tiny checkpoint whose first storage member is replaced by a deflated run of zeros."""
     sys.path.insert(0, str(ROOT))
-    import torch
 
     from charrnn.checkpoint import Checkpoint, save_checkpoint
     from charrnn.config import ModelConfig, TrainConfig
-    from charrnn.models.charrnn import CharRNN
     from charrnn.data.vocab import build_vocab
+    from charrnn.models.charrnn import CharRNN
 
     vocab = build_vocab("abcdefgh \n")
     cfg = ModelConfig(vocab_size=len(vocab), num_layers=1, hidden_size=8)
@@ -181,16 +200,31 @@ def inflated(tmp: Path, gib: float) -> dict:
                 for _ in range(int(gib * 2**30) // len(zeros)):
                     out.write(zeros)
     rows = {"file_mb": round(bad.stat().st_size / 1e6, 1), "declared_gib": gib}
-    for name, args in (("sample numpy", ["sample", str(bad), "-n", "5"]),
-                       ("sample torch", ["sample", str(bad), "-n", "5", "--engine", "torch"]),
-                       ("info", ["info", str(bad)])):
+    for name, args in (
+        ("sample numpy", ["sample", str(bad), "-n", "5"]),
+        ("sample torch", ["sample", str(bad), "-n", "5", "--engine", "torch"]),
+        ("info", ["info", str(bad)]),
+    ):
         t0 = time.perf_counter()
-        child = subprocess.run([sys.executable, "-c", "import resource, runpy, sys; sys.argv = ['charrnn', *sys.argv[1:]];"
-                                " runpy.run_module('charrnn', run_name='__main__')", *args],
-                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import resource, runpy, sys; sys.argv = ['charrnn', *sys.argv[1:]];"
+                " runpy.run_module('charrnn', run_name='__main__')",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        rows[name] = {"exit": child.returncode, "seconds": round(time.perf_counter() - t0, 2),
-                      "peak_rss_mb_of_children_so_far": round(peak), "stderr": child.stderr.strip()[:160]}
+        rows[name] = {
+            "exit": child.returncode,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "peak_rss_mb_of_children_so_far": round(peak),
+            "stderr": child.stderr.strip()[:160],
+        }
     return rows
 
 
@@ -201,8 +235,7 @@ def main() -> None:
     parser.add_argument("--corpus-mb", type=int, default=300)
     parser.add_argument("--inflated-gib", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", nargs="*", default=["inflated", "kills", "race", "prepare"],
-                        help="parts to run")
+    parser.add_argument("--only", nargs="*", default=["inflated", "kills", "race", "prepare"], help="parts to run")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="charrnn-trust-") as name:
@@ -212,10 +245,12 @@ def main() -> None:
         big = tmp / "big.txt"
         write_corpus(big, args.corpus_mb)
         result = {"machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-        for name, job in (("inflated", lambda: inflated(tmp, args.inflated_gib)),
-                          ("kills", lambda: kills(tmp, small, args.kills, args.seed)),
-                          ("race", lambda: race(tmp, big)),
-                          ("prepare", lambda: prepare_kills(tmp, big, args.prepare_kills, args.seed))):
+        for name, job in (
+            ("inflated", lambda: inflated(tmp, args.inflated_gib)),
+            ("kills", lambda: kills(tmp, small, args.kills, args.seed)),
+            ("race", lambda: race(tmp, big)),
+            ("prepare", lambda: prepare_kills(tmp, big, args.prepare_kills, args.seed)),
+        ):
             if name not in args.only:
                 continue
             t0 = time.perf_counter()

@@ -43,9 +43,7 @@ def load(
 class Model:
     """A checkpoint opened for sampling (`generate`, `stream`), scoring and inspection."""
 
-    def __init__(
-        self, path: Path, sampler: Sampler, engine: str, weights: str, device: str
-    ) -> None:
+    def __init__(self, path: Path, sampler: Sampler, engine: str, weights: str, device: str) -> None:
         self.path = path
         self._sampler = sampler
         self._scorer: Sampler | None = None
@@ -78,9 +76,7 @@ class Model:
     ) -> str:
         """`length` new characters after `prime` (returned without it), as `charrnn sample`
         draws them: the same seed gives the same text. Stops early after `stop`."""
-        cfg = SampleConfig(
-            temperature=temperature, top_k=top_k, top_p=top_p, length=length, seed=seed, stop=stop
-        )
+        cfg = SampleConfig(temperature=temperature, top_k=top_k, top_p=top_p, length=length, seed=seed, stop=stop)
         return self._sampler.generate(prime, cfg)
 
     def stream(
@@ -95,12 +91,8 @@ class Model:
     ) -> Iterator[str]:
         """As `generate`, yielding the text in pieces as they are drawn; the pieces join to
         what `generate` returns. Leaving the loop early stops the drawing."""
-        cfg = SampleConfig(
-            temperature=temperature, top_k=top_k, top_p=top_p, length=length, seed=seed, stop=stop
-        )
-        self.vocab.encode(
-            prime
-        )  # unknown characters: an error at the call, not at the first next()
+        cfg = SampleConfig(temperature=temperature, top_k=top_k, top_p=top_p, length=length, seed=seed, stop=stop)
+        self.vocab.encode(prime)  # unknown characters: an error at the call, not at the first next()
         return _pieces(lambda emit: self._sampler.generate(prime, cfg, emit))
 
     def score(self, text: str, batch_size: int = 32, seq_len: int = 256) -> float:

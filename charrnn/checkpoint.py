@@ -16,15 +16,22 @@ from typing import Any
 import torch
 
 from charrnn.config import FORMAT_VERSION, ModelConfig, TrainConfig, printable
+from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError
 from charrnn.files import atomic_write
 from charrnn.limits import TooLargeError, check_memory, model_nbytes
 from charrnn.models.charrnn import CharRNN
 from charrnn.ptfile import open_archive, read_fields
-from charrnn.data.vocab import Vocab
 
-__all__ = ["FORMAT_VERSION", "Checkpoint", "atomic_write", "build_model", "load_checkpoint", "nonfinite_tensors",
-           "save_checkpoint"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "atomic_write",
+    "build_model",
+    "load_checkpoint",
+    "nonfinite_tensors",
+    "save_checkpoint",
+]
 
 
 @dataclass
@@ -86,7 +93,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
             f.seek(0)
             data = torch.load(f, map_location="cpu", weights_only=True)
     except OSError as exc:
-        raise CharRNNError(f"cannot read checkpoint '{path}': {exc.strerror or exc}; check the file and its permissions.")
+        raise CharRNNError(
+            f"cannot read checkpoint '{path}': {exc.strerror or exc}; check the file and its permissions."
+        )
     except pickle.UnpicklingError as exc:
         raise CharRNNError(
             f"refused to load '{path}': it holds objects other than tensors and plain data "
@@ -96,10 +105,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise
     except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds on a damaged file
         if isinstance(exc, MemoryError) or "alloc" in str(exc).lower():
-            raise TooLargeError(f"reading checkpoint '{path}' ran out of memory: free some, or load it on a larger machine.")
-        raise CharRNNError(
-            f"cannot read checkpoint '{path}': the file is truncated or corrupt ({type(exc).__name__})."
-        )
+            raise TooLargeError(
+                f"reading checkpoint '{path}' ran out of memory: free some, or load it on a larger machine."
+            )
+        raise CharRNNError(f"cannot read checkpoint '{path}': the file is truncated or corrupt ({type(exc).__name__}).")
     # read_fields checked this payload's structure on the same bytes; torch.load built it again.
     try:
         state = dict(data["model"])
@@ -139,8 +148,11 @@ def build_model(ckpt: Checkpoint) -> CharRNN:
     """
     cfg = ckpt.model_config
     where = ckpt.path or "checkpoint"
-    check_memory(model_nbytes(cfg), f"the {cfg.num_layers}x{cfg.hidden_size} {cfg.model} model of {where}",
-                 "load it on a machine with more memory, or free some.")
+    check_memory(
+        model_nbytes(cfg),
+        f"the {cfg.num_layers}x{cfg.hidden_size} {cfg.model} model of {where}",
+        "load it on a machine with more memory, or free some.",
+    )
     with torch.device("meta"):  # shapes without allocating
         expected = CharRNN(cfg).state_dict()
     for name in sorted(set(expected) | set(ckpt.model_state)):

@@ -75,22 +75,31 @@ class ModelConfig:
     hidden_size: int = 512  # units per recurrent layer
     embed_size: int = 0  # embedding width; 0 means equal to hidden_size
     dropout: float = 0.0  # on the embedding, between layers and before the head
-    dropout_mask: DropoutMask = "locked"  # locked: one mask per sequence (variational); per-step: a fresh mask each step
+    dropout_mask: DropoutMask = (
+        "locked"  # locked: one mask per sequence (variational); per-step: a fresh mask each step
+    )
     weight_drop: float = 0.0  # DropConnect on the recurrent (hidden-to-hidden) weights, fused kinds only
 
     def __post_init__(self) -> None:
         _check_finite(self)
         _check(self.model in MODELS, f"unknown model '{self.model}': choose one of {', '.join(MODELS)}.")
         _check(self.vocab_size >= 1, "the vocabulary is empty: the corpus has no characters.")
-        _check(self.vocab_size <= MAX_VOCAB, f"vocab_size {self.vocab_size} exceeds the {MAX_VOCAB:,} Unicode code points.")
+        _check(
+            self.vocab_size <= MAX_VOCAB, f"vocab_size {self.vocab_size} exceeds the {MAX_VOCAB:,} Unicode code points."
+        )
         _check(1 <= self.num_layers <= MAX_LAYERS, f"--layers must be in [1, {MAX_LAYERS}].")
         _check(1 <= self.hidden_size <= MAX_WIDTH, f"--hidden must be in [1, {MAX_WIDTH:,}].")
         _check(0 <= self.embed_size <= MAX_WIDTH, f"--embed must be 0 (same as --hidden) or at most {MAX_WIDTH:,}.")
         _check(0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1).")
-        _check(self.dropout_mask in DROPOUT_MASKS, f"unknown --dropout-mask '{self.dropout_mask}': choose {' or '.join(DROPOUT_MASKS)}.")
+        _check(
+            self.dropout_mask in DROPOUT_MASKS,
+            f"unknown --dropout-mask '{self.dropout_mask}': choose {' or '.join(DROPOUT_MASKS)}.",
+        )
         _check(0.0 <= self.weight_drop < 1.0, "--weight-drop must be in [0, 1).")
-        _check(self.weight_drop == 0 or self.model in FUSED_MODELS,
-               f"--weight-drop works with {', '.join(FUSED_MODELS)}; '{self.model}' has no fused recurrent weights to drop.")
+        _check(
+            self.weight_drop == 0 or self.model in FUSED_MODELS,
+            f"--weight-drop works with {', '.join(FUSED_MODELS)}; '{self.model}' has no fused recurrent weights to drop.",
+        )
 
     @property
     def embedding_size(self) -> int:
@@ -139,11 +148,16 @@ class TrainConfig:
         _check(self.grad_clip >= 0, "--grad-clip must be 0 (off) or positive.")
         _check(0 <= self.epochs <= MAX_EPOCHS, f"--epochs must be positive and at most {MAX_EPOCHS:,.0f}.")
         _check(0 <= self.max_steps < 2**62, "--max-steps must be positive and below 2**62.")
-        _check(0 <= self.time_budget <= MAX_SECONDS, f"--time-budget must be positive and at most {MAX_SECONDS:,.0f} seconds.")
+        _check(
+            0 <= self.time_budget <= MAX_SECONDS,
+            f"--time-budget must be positive and at most {MAX_SECONDS:,.0f} seconds.",
+        )
         _check(self.eval_every >= 0, "--eval-every must be 0 (auto) or positive.")
         _check(self.evals >= 1, "--evals must be at least 1.")
         _check(self.patience >= 0, "--patience must be 0 (off) or positive.")
-        _check(self.precision in PRECISIONS, f"unknown --precision '{self.precision}': choose {' or '.join(PRECISIONS)}.")
+        _check(
+            self.precision in PRECISIONS, f"unknown --precision '{self.precision}': choose {' or '.join(PRECISIONS)}."
+        )
         _check(self.log_every >= 1, "--log-every must be at least 1.")
         _check(self.keep_last >= 0, "--keep-last must be 0 (none) or positive.")
         _check(0.0 < self.val_frac < 1.0, "--val-frac must be in (0, 1).")
@@ -165,7 +179,9 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         _check_finite(self)
-        _check(math.isfinite(self.temperature) and self.temperature >= 0, "--temp must be 0 (greedy) or a positive number.")
+        _check(
+            math.isfinite(self.temperature) and self.temperature >= 0, "--temp must be 0 (greedy) or a positive number."
+        )
         _check(self.seed is None or 0 <= self.seed < 2**63, "--seed must be 0 or positive and below 2**63.")
         _check(self.top_k >= 0, "--top-k must be 0 (off) or positive.")
         _check(0.0 < self.top_p <= 1.0, "--top-p must be in (0, 1].")
@@ -190,8 +206,10 @@ def from_dict(cls: type[T], data: Any, version: int) -> T:
             "it was written by another charrnn version."
         )
     hints = typing.get_type_hints(cls)
-    values = {key: _typed(value, hints[key], f"checkpoint (format {version}) field {name}.{key}")
-              for key, value in data.items()}
+    values = {
+        key: _typed(value, hints[key], f"checkpoint (format {version}) field {name}.{key}")
+        for key, value in data.items()
+    }
     try:
         return cls(**values)
     except TypeError as exc:
@@ -227,9 +245,14 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
             raise CharRNNError(f"{where} must be a finite number, not {value!r:.40}.")
         if kind is str and isinstance(value, str):
             return value
-    wanted = " or ".join("a string" if typing.get_origin(k) is Literal else
-                         {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-                          type(None): "null"}.get(k, str(k)) for k in options)
+    wanted = " or ".join(
+        "a string"
+        if typing.get_origin(k) is Literal
+        else {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}.get(
+            k, str(k)
+        )
+        for k in options
+    )
     raise CharRNNError(f"{where} must be {wanted}, not {type(value).__name__} {value!r:.40}.")
 
 

@@ -72,7 +72,9 @@ def check_memory(nbytes: int, what: str, hint: str = "") -> None:
     free = available_memory()
     if nbytes > free:
         todo = hint or "use a smaller model (--hidden, --layers) or a machine with more memory."
-        raise TooLargeError(f"{what} needs {format_bytes(nbytes)} of memory but {format_bytes(free)} is available: {todo}")
+        raise TooLargeError(
+            f"{what} needs {format_bytes(nbytes)} of memory but {format_bytes(free)} is available: {todo}"
+        )
 
 
 def format_bytes(n: int) -> str:
@@ -157,5 +159,6 @@ def _rlimit_room() -> int | None:
 def int8_nonfinite_error(names: list[str]) -> CharRNNError:
     """The refusal to quantise weights holding NaN or infinity (`names`: the tensors)."""
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    return CharRNNError(f"checkpoint has non-finite weights in {shown}: int8 cannot quantise them; "
-                        "resume from an earlier checkpoint.")
+    return CharRNNError(
+        f"checkpoint has non-finite weights in {shown}: int8 cannot quantise them; resume from an earlier checkpoint."
+    )

@@ -34,21 +34,38 @@ from dataclasses import dataclass
 from typing import IO, Any, ClassVar
 
 from charrnn.config import FORMAT_VERSION, ModelConfig, TrainConfig, from_dict, printable
+from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError
 from charrnn.limits import TooLargeError, check_memory, format_bytes
-from charrnn.data.vocab import Vocab
 
 # data.pkl holds configs, the vocabulary (at most 0x110000 symbols: 4.5 MB) and a few records.
 MAX_PICKLE = 8 << 20
 MAX_OTHER = 64 << 10
 # torch storage class -> (numpy dtype name, bytes per element)
 STORAGES = {
-    "FloatStorage": ("float32", 4), "DoubleStorage": ("float64", 8), "HalfStorage": ("float16", 2),
-    "BFloat16Storage": ("bfloat16", 2), "LongStorage": ("int64", 8), "IntStorage": ("int32", 4),
-    "ShortStorage": ("int16", 2), "CharStorage": ("int8", 1), "ByteStorage": ("uint8", 1), "BoolStorage": ("bool", 1),
+    "FloatStorage": ("float32", 4),
+    "DoubleStorage": ("float64", 8),
+    "HalfStorage": ("float16", 2),
+    "BFloat16Storage": ("bfloat16", 2),
+    "LongStorage": ("int64", 8),
+    "IntStorage": ("int32", 4),
+    "ShortStorage": ("int16", 2),
+    "CharStorage": ("int8", 1),
+    "ByteStorage": ("uint8", 1),
+    "BoolStorage": ("bool", 1),
 }
-TOP_KEYS = ("format", "model_config", "train_config", "vocab", "model", "optimizer", "progress", "hidden", "rng",
-            "corpus")
+TOP_KEYS = (
+    "format",
+    "model_config",
+    "train_config",
+    "vocab",
+    "model",
+    "optimizer",
+    "progress",
+    "hidden",
+    "rng",
+    "corpus",
+)
 # progress: integer counters, and numbers that must be finite and not negative.
 _COUNTERS = ("step", "epoch", "cursor", "stale_evals", "skipped", "steps_per_epoch", "total_steps")
 _SECONDS = ("elapsed", "spent", "lr_scale")
@@ -117,8 +134,14 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python one: see the module docs
         raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
 
     def persistent_load(self, pid: Any) -> Storage:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)
-                and isinstance(pid[2], str) and _natural(pid[4])):
+        if not (
+            isinstance(pid, tuple)
+            and len(pid) == 5
+            and pid[0] == "storage"
+            and isinstance(pid[1], _StorageType)
+            and isinstance(pid[2], str)
+            and _natural(pid[4])
+        ):
             raise pickle.UnpicklingError("unsupported storage record")
         storage = Storage(pid[2], pid[1].dtype, pid[1].itemsize, pid[4])
         if self.storages.setdefault(storage.key, storage) != storage:  # torch would keep the first
@@ -126,9 +149,15 @@ class _Unpickler(pickle._Unpickler):  # the pure-Python one: see the module docs
         return storage
 
     def _rebuild_tensor(self, storage: Any, offset: Any, shape: Any, stride: Any, *_: Any) -> TensorRecord:
-        if not (isinstance(storage, Storage) and _natural(offset) and isinstance(shape, tuple)
-                and isinstance(stride, tuple) and len(shape) == len(stride) <= 64
-                and all(map(_natural, shape)) and all(map(_natural, stride))):
+        if not (
+            isinstance(storage, Storage)
+            and _natural(offset)
+            and isinstance(shape, tuple)
+            and isinstance(stride, tuple)
+            and len(shape) == len(stride) <= 64
+            and all(map(_natural, shape))
+            and all(map(_natural, stride))
+        ):
             raise _Malformed("a tensor record is malformed")
         record = TensorRecord(storage, offset, shape, stride)
         if math.prod(shape) > max(record.extent(), 1):  # stride 0: a huge view of a few numbers
@@ -159,8 +188,10 @@ class Archive:
         self.sizes = {i.filename: i.file_size for i in archive.infolist()}
         pickled = self.sizes[self.prefix + "data.pkl"]
         if pickled > MAX_PICKLE:
-            raise TooLargeError(f"refused '{name}': its data.pkl declares {format_bytes(pickled)}, more than a charrnn "
-                                "checkpoint holds; only load checkpoints written by charrnn.")
+            raise TooLargeError(
+                f"refused '{name}': its data.pkl declares {format_bytes(pickled)}, more than a charrnn "
+                "checkpoint holds; only load checkpoints written by charrnn."
+            )
         with archive.open(self.prefix + "data.pkl") as f:
             unpickler = _Unpickler(f)
             self.payload = unpickler.load()
@@ -179,14 +210,19 @@ class Archive:
         for member, size in self.sizes.items():
             allowed = need.get(member, MAX_PICKLE if member == self.prefix + "data.pkl" else MAX_OTHER)
             if size > allowed:
-                raise TooLargeError(f"refused '{self.name}': its member '{printable(member)[:80]}' declares "
-                                    f"{format_bytes(size)} where its tensors need {format_bytes(allowed)}; "
-                                    "only load checkpoints written by charrnn.")
+                raise TooLargeError(
+                    f"refused '{self.name}': its member '{printable(member)[:80]}' declares "
+                    f"{format_bytes(size)} where its tensors need {format_bytes(allowed)}; "
+                    "only load checkpoints written by charrnn."
+                )
         for member, storage in members.items():
             if self.sizes.get(member) != storage.numel * storage.itemsize or need[member] > self.sizes[member]:
                 raise _Malformed(f"storage {printable(storage.key)[:40]} is missing or smaller than its tensors")
-        check_memory(sum(need.values()), f"reading checkpoint '{self.name}'",
-                     "load it on a machine with more memory, or free some.")
+        check_memory(
+            sum(need.values()),
+            f"reading checkpoint '{self.name}'",
+            "load it on a machine with more memory, or free some.",
+        )
 
     def read(self, storage: Storage) -> bytes:
         """The raw bytes of `storage` (its size was checked when the archive was opened)."""
@@ -205,8 +241,10 @@ def open_archive(file: IO[bytes], name: str) -> Archive:
     except CharRNNError:
         raise
     except pickle.UnpicklingError as exc:
-        raise CharRNNError(f"refused to load '{name}': it holds objects other than tensors and plain data "
-                           f"({(str(exc).splitlines() or [''])[0][:120]}); only load checkpoints written by charrnn.")
+        raise CharRNNError(
+            f"refused to load '{name}': it holds objects other than tensors and plain data "
+            f"({(str(exc).splitlines() or [''])[0][:120]}); only load checkpoints written by charrnn."
+        )
     except _Malformed as exc:
         raise CharRNNError(f"cannot read checkpoint '{name}': {exc}; it is damaged or was not written by charrnn.")
     except MemoryError:
@@ -233,16 +271,20 @@ def read_fields(payload: Any, name: str) -> Fields:
         raise CharRNNError(f"'{name}' is not a charrnn checkpoint.")
     version = payload["format"]
     if not _natural(version) or version < 1:
-        raise CharRNNError(f"checkpoint '{name}' has format {version!r:.20}, which charrnn never writes: "
-                           "it is damaged.")
+        raise CharRNNError(
+            f"checkpoint '{name}' has format {version!r:.20}, which charrnn never writes: it is damaged."
+        )
     if version > FORMAT_VERSION:
-        raise CharRNNError(f"checkpoint '{name}' has format {version}, newer than this charrnn reads "
-                           f"({FORMAT_VERSION}): upgrade charrnn.")
+        raise CharRNNError(
+            f"checkpoint '{name}' has format {version}, newer than this charrnn reads "
+            f"({FORMAT_VERSION}): upgrade charrnn."
+        )
     where = f"checkpoint '{name}' (format {version})"
     unknown = [repr(k)[:30] for k in payload if k not in TOP_KEYS]
     if unknown:
-        raise CharRNNError(f"{where} has unknown keys {', '.join(unknown[:5])}: "
-                           "it was written by another charrnn version.")
+        raise CharRNNError(
+            f"{where} has unknown keys {', '.join(unknown[:5])}: it was written by another charrnn version."
+        )
     for key in ("model_config", "train_config", "vocab", "model"):
         if key not in payload:
             raise CharRNNError(f"{where} lacks '{key}': it is damaged.")
@@ -253,8 +295,10 @@ def read_fields(payload: Any, name: str) -> Fields:
     except CharRNNError as exc:
         raise CharRNNError(f"{where}: {exc}")
     if len(vocab) != mcfg.vocab_size:
-        raise CharRNNError(f"checkpoint '{name}' is inconsistent: its vocabulary has {len(vocab)} symbols "
-                           f"but its model config says vocab_size={mcfg.vocab_size}.")
+        raise CharRNNError(
+            f"checkpoint '{name}' is inconsistent: its vocabulary has {len(vocab)} symbols "
+            f"but its model config says vocab_size={mcfg.vocab_size}."
+        )
     _check_tensors(payload, mcfg, where)
     _check_plain(payload, where)
     return Fields(version, mcfg, tcfg, vocab)
@@ -282,10 +326,20 @@ def _check_tensors(payload: dict, cfg: ModelConfig, where: str) -> None:
         _require(_tensor(record, "float32"), where, f"model.{key}", "a float32 tensor")
     hidden = payload.get("hidden")
     if hidden is not None:
-        ok = isinstance(hidden, (list, tuple)) and len(hidden) == cfg.state_size and all(
-            _tensor(h, "float32", 3) and (h.shape[0], h.shape[2]) == (cfg.num_layers, cfg.hidden_size) for h in hidden)
-        _require(ok and len({h.shape for h in hidden}) == 1, where, "hidden",
-                 f"{cfg.state_size} float32 tensors of shape ({cfg.num_layers}, B, {cfg.hidden_size})")
+        ok = (
+            isinstance(hidden, (list, tuple))
+            and len(hidden) == cfg.state_size
+            and all(
+                _tensor(h, "float32", 3) and (h.shape[0], h.shape[2]) == (cfg.num_layers, cfg.hidden_size)
+                for h in hidden
+            )
+        )
+        _require(
+            ok and len({h.shape for h in hidden}) == 1,
+            where,
+            "hidden",
+            f"{cfg.state_size} float32 tensors of shape ({cfg.num_layers}, B, {cfg.hidden_size})",
+        )
     rng = payload.get("rng")
     _require(rng is None or _is_table(rng), where, "rng", "a table")
     ranks = (rng or {}).get("ranks", [])
@@ -316,5 +370,9 @@ def _check_plain(payload: dict, where: str) -> None:
     for key, kind in _CORPUS.items():
         if corpus and key in corpus:
             value = corpus[key]
-            _require(isinstance(value, kind) and not isinstance(value, bool), where, f"corpus.{key}",
-                     "a string" if kind is str else "an integer")
+            _require(
+                isinstance(value, kind) and not isinstance(value, bool),
+                where,
+                f"corpus.{key}",
+                "a string" if kind is str else "an integer",
+            )

@@ -101,7 +101,9 @@ def list_runs(runs_dir: Path) -> list[RunPaths]:
     root = Path(runs_dir)
     if not root.is_dir():
         return []
-    runs = [RunPaths(d) for d in root.iterdir() if d.is_dir() and (RunPaths(d).last.is_file() or RunPaths(d).best.is_file())]
+    runs = [
+        RunPaths(d) for d in root.iterdir() if d.is_dir() and (RunPaths(d).last.is_file() or RunPaths(d).best.is_file())
+    ]
     return sorted(runs, key=last_written, reverse=True)
 
 
@@ -125,9 +127,7 @@ def resolve_checkpoint(arg: str | None, runs_dir: Path, prefer: str = "best") ->
     if arg is None:
         runs = list_runs(runs_dir)
         if not runs:
-            raise CharRNNError(
-                f"no runs in '{runs_dir}' yet: train one first, e.g. `charrnn train shakespeare`."
-            )
+            raise CharRNNError(f"no runs in '{runs_dir}' yet: train one first, e.g. `charrnn train shakespeare`.")
         return _pick(runs[0], prefer)
     path = Path(arg)
     if path.is_file():

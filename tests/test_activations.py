@@ -50,13 +50,9 @@ KINDS = {
 }
 
 
-def tiny_model(
-    kind: str, vocab_size: int = 7, layers: int = 2, hidden: int = 8, seed: int = 0
-) -> CharRNN:
+def tiny_model(kind: str, vocab_size: int = 7, layers: int = 2, hidden: int = 8, seed: int = 0) -> CharRNN:
     torch.manual_seed(seed)
-    cfg = ModelConfig(
-        vocab_size=vocab_size, model=kind, num_layers=layers, hidden_size=hidden, embed_size=5
-    )
+    cfg = ModelConfig(vocab_size=vocab_size, model=kind, num_layers=layers, hidden_size=hidden, embed_size=5)
     return CharRNN(cfg).eval()
 
 
@@ -125,17 +121,13 @@ def test_lstm_gates_equal_a_hand_computation_for_two_steps() -> None:
             ("cell", c),
             ("hidden", h),
         ):
-            np.testing.assert_allclose(
-                recorder.values[name][0, t], want, atol=1e-6, err_msg=f"{name} step {t}"
-            )
+            np.testing.assert_allclose(recorder.values[name][0, t], want, atol=1e-6, err_msg=f"{name} step {t}")
 
 
 def test_gru_gates_equal_a_hand_computation_for_two_steps() -> None:
     model = tiny_model("gru", vocab_size=3, layers=1, hidden=2)
     p = first_layer_weights(model)
-    w_ih, w_hh, b_ih, b_hh = (
-        p[n] for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
-    )
+    w_ih, w_hh, b_ih, b_hh = (p[n] for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"))
     emb = model.embed.weight.detach().numpy()
     ids = np.array([1, 2])
     recorder = Recorder(activation_kinds(model), 1, 2)
@@ -148,9 +140,7 @@ def test_gru_gates_equal_a_hand_computation_for_two_steps() -> None:
         n = np.tanh(xi[4:6] + r * hh[4:6])
         h = (1 - u) * n + u * h
         for name, want in (("reset", r), ("update", u), ("hidden", h)):
-            np.testing.assert_allclose(
-                recorder.values[name][0, t], want, atol=1e-6, err_msg=f"{name} step {t}"
-            )
+            np.testing.assert_allclose(recorder.values[name][0, t], want, atol=1e-6, err_msg=f"{name} step {t}")
 
 
 def test_streams_cover_every_position_once() -> None:
@@ -221,12 +211,8 @@ def test_ranking_picks_a_planted_unit() -> None:
 
 def test_gate_counts_on_a_hand_made_chunk() -> None:
     counts = GateCounts({"forget": 2, "hidden": 2}, num_layers=1)
-    forget = np.array(
-        [[[0.05, 0.95], [0.5, 0.95], [0.05, 0.2], [0.95, 0.5]]], np.float32
-    )  # (1, 4, 2)
-    counts.add(
-        Chunk(pos=np.arange(4), acts={"forget": forget, "hidden": forget}, logits=np.zeros((4, 3)))
-    )
+    forget = np.array([[[0.05, 0.95], [0.5, 0.95], [0.05, 0.2], [0.95, 0.5]]], np.float32)  # (1, 4, 2)
+    counts.add(Chunk(pos=np.arange(4), acts={"forget": forget, "hidden": forget}, logits=np.zeros((4, 3))))
     left, right = counts.fractions()["forget"]
     np.testing.assert_allclose(left, [[0.5, 0.0]])
     np.testing.assert_allclose(right, [[0.25, 0.5]])
@@ -258,9 +244,7 @@ def test_export_npz_contents(tmp_path: Path, on_disk: bool) -> None:
     vocab = build_vocab(text)
     model = tiny_model("gru", vocab_size=len(vocab))
     _, ids = encode_text(text, vocab)
-    recorder = Recorder(
-        activation_kinds(model), 2, len(text), top_k=2, directory=tmp_path if on_disk else None
-    )
+    recorder = Recorder(activation_kinds(model), 2, len(text), top_k=2, directory=tmp_path if on_disk else None)
     run_text(model, ids, [recorder], chunk_len=4)
     write_npz(tmp_path / "out" / "acts.npz", text, vocab, "gru", recorder)
     with np.load(tmp_path / "out" / "acts.npz", allow_pickle=False) as data:
@@ -280,9 +264,7 @@ def test_export_npz_contents(tmp_path: Path, on_disk: bool) -> None:
         assert "".join(data["vocab"]) == "".join(vocab.chars) and str(data["model"]) == "gru"
         assert data["hidden"].shape == (2, len(text), 8) and data["hidden"].dtype == np.float32
         np.testing.assert_array_equal(data["hidden"], recorder.values["hidden"])
-        assert data["top_chars"].shape == (len(text), 2) and set(
-            "".join(data["top_chars"].ravel())
-        ) <= set(text)
+        assert data["top_chars"].shape == (len(text), 2) and set("".join(data["top_chars"].ravel())) <= set(text)
         assert (np.diff(data["top_probs"], axis=1) <= 0).all()
 
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import charrnn.training.loop as training
-from charrnn.training.plan import EVAL_SHARE, MIN_SEQ, MIN_STEPS, SHAPE, count_lstm_params, plan_run
 from charrnn.cli import app
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.data.corpus import prepare
@@ -17,6 +16,7 @@ from charrnn.errors import CharRNNError
 from charrnn.models.charrnn import CharRNN, SequenceDropout
 from charrnn.rundir import RunPaths, read_metrics
 from charrnn.training.loop import Trainer
+from charrnn.training.plan import EVAL_SHARE, MIN_SEQ, MIN_STEPS, SHAPE, count_lstm_params, plan_run
 from tests.conftest import TINY_TRAIN, make_text
 
 CPU = torch.device("cpu")
@@ -89,8 +89,15 @@ def test_the_bptt_lengths_measured_best_on_the_amx_xeon_are_planned() -> None:
     rates = {128: 130e3, 256: 63e3, 384: 36.6e3, 512: 22.6e3, 768: 12.3e3, 1024: 6.5e3}
     chosen = {}
     for budget in (100, 600):
-        plan = plan_run({"precision": "bf16"}, 65, 1_003_854, 111_540, CPU, budget=budget,
-                        measure=lambda cfg, *args: rates[cfg.hidden_size])
+        plan = plan_run(
+            {"precision": "bf16"},
+            65,
+            1_003_854,
+            111_540,
+            CPU,
+            budget=budget,
+            measure=lambda cfg, *args: rates[cfg.hidden_size],
+        )
         chosen[budget] = (plan.model["hidden_size"], plan.train["batch_size"], plan.train["seq_len"])
     assert chosen == {100: (384, 64, 32), 600: (768, 64, 64)}
 
@@ -99,8 +106,7 @@ def test_passes_do_not_buy_a_model_that_would_see_under_half_a_character_per_par
     # Probe speeds as measured on the AMX Xeon: 2x1024 looked good for 4.8 passes, but that is
     # 0.37 characters per parameter, and it trained at half the probed speed.
     rates = {128: 120e3, 256: 65e3, 384: 34e3, 512: 25e3, 768: 14e3, 1024: 8e3}
-    plan = plan_run({}, 65, 1_000_000, 111_000, CPU, budget=600,
-                    measure=lambda cfg, *args: rates[cfg.hidden_size])
+    plan = plan_run({}, 65, 1_000_000, 111_000, CPU, budget=600, measure=lambda cfg, *args: rates[cfg.hidden_size])
     assert plan.model["hidden_size"] == 768 and 1024 not in plan.probe
 
 
@@ -115,8 +121,9 @@ def test_a_tiny_corpus_gets_a_capped_model_and_strong_regularisation() -> None:
 
 
 def test_a_huge_val_split_is_cut_to_fit_the_budget() -> None:
-    plan = plan_run({}, 200, train_chars=90_000_000, val_chars=10_000_000, device=CPU, budget=100,
-                    measure=flops_device(100e9))
+    plan = plan_run(
+        {}, 200, train_chars=90_000_000, val_chars=10_000_000, device=CPU, budget=100, measure=flops_device(100e9)
+    )
     assert 10_000 <= plan.train["val_chars"] < 10_000_000
     assert plan.eval_estimate <= 0.06 * 100  # one validation stays a few percent of the budget
     assert plan.model["dropout"] == 0.0  # far less than one epoch
@@ -138,8 +145,23 @@ def test_without_a_time_budget_nothing_is_probed() -> None:
 
 
 def test_train_prints_and_records_the_plan(runner, corpus: Path) -> None:
-    result = runner.invoke(app, ["train", str(corpus), "--time-budget", "4s", "--name", "p", "--preset", "tiny",
-                                 "--batch-size", "4", "--seq-len", "16"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(corpus),
+            "--time-budget",
+            "4s",
+            "--name",
+            "p",
+            "--preset",
+            "tiny",
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "16",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "plan: 2x128 lstm" in result.output and "probe" in result.output
     info = json.loads(Path("checkpoints/p/config.json").read_text())
@@ -149,14 +171,19 @@ def test_train_prints_and_records_the_plan(runner, corpus: Path) -> None:
 
 
 def test_bad_preset_and_weight_drop_on_a_custom_kind_are_one_line_errors(runner, corpus: Path) -> None:
-    for args, words in ((["--preset", "tiny", "--no-auto"], "--preset needs the planner"),
-                        (["--model", "gf-rnn", "--weight-drop", "0.3"], "--weight-drop works with")):
+    for args, words in (
+        (["--preset", "tiny", "--no-auto"], "--preset needs the planner"),
+        (["--model", "gf-rnn", "--weight-drop", "0.3"], "--weight-drop works with"),
+    ):
         result = runner.invoke(app, ["train", str(corpus), "--max-steps", "1", *TINY_TRAIN, *args])
         assert result.exit_code == 1, (args, result.output)
         assert result.output.count("error:") == 1 and words in result.output, result.output
     # A value outside a fixed set of choices is a usage error (exit 2) naming the valid ones.
-    for args, choice in ((["--preset", "huge"], "tiny"), (["--dropout-mask", "zigzag"], "per-step"),
-                         (["--precision", "fp8"], "bf16")):
+    for args, choice in (
+        (["--preset", "huge"], "tiny"),
+        (["--dropout-mask", "zigzag"], "per-step"),
+        (["--precision", "fp8"], "bf16"),
+    ):
         result = runner.invoke(app, ["train", str(corpus), "--max-steps", "1", *TINY_TRAIN, *args])
         assert result.exit_code == 2, (args, result.output)
         assert args[0] in result.output and choice in result.output, result.output
@@ -216,8 +243,9 @@ def load_best_step(run: RunPaths) -> int:
 
 
 @pytest.mark.parametrize("gain, expected, batch", [(2.0, "bf16", 64), (1.05, "fp32", 32)])
-def test_cpu_bf16_is_planned_only_where_the_probe_finds_it_faster(monkeypatch: pytest.MonkeyPatch, gain: float,
-                                                                   expected: str, batch: int) -> None:
+def test_cpu_bf16_is_planned_only_where_the_probe_finds_it_faster(
+    monkeypatch: pytest.MonkeyPatch, gain: float, expected: str, batch: int
+) -> None:
     monkeypatch.setattr("charrnn.training.plan.bf16_supported", lambda device: True)
     fp32 = flops_device(100e9)
     seen: list[str] = []
@@ -229,7 +257,9 @@ def test_cpu_bf16_is_planned_only_where_the_probe_finds_it_faster(monkeypatch: p
     plan = plan_run({}, 65, 1_000_000, 111_000, CPU, budget=600, measure=measure)
     assert plan.train["precision"] == expected and plan.train["batch_size"] == batch
     assert seen[:2] == ["fp32", "bf16"] and set(seen[2:]) == {expected}  # the ladder runs in the chosen one
-    assert any(note.startswith(f"bf16 autocast {'chosen' if expected == 'bf16' else 'not used'}") for note in plan.notes)
+    assert any(
+        note.startswith(f"bf16 autocast {'chosen' if expected == 'bf16' else 'not used'}") for note in plan.notes
+    )
     given = plan_run({"precision": "fp32"}, 65, 1_000_000, 111_000, CPU, budget=600, measure=measure)
     assert "precision" not in given.train and given.train["batch_size"] == 32  # a given precision is not probed
 
@@ -249,7 +279,9 @@ def test_bf16_autocast_trains_where_supported_and_is_refused_elsewhere(tmp_path:
 def test_validation_cuts_the_val_split_into_val_streams(tmp_path: Path, monkeypatch) -> None:
     streams: list[int] = []
     real = training.evaluate
-    monkeypatch.setattr(training, "evaluate", lambda model, tokens, b, *a: streams.append(b) or real(model, tokens, b, *a))
+    monkeypatch.setattr(
+        training, "evaluate", lambda model, tokens, b, *a: streams.append(b) or real(model, tokens, b, *a)
+    )
     _trainer(tmp_path, max_steps=4, val_streams=3).run()
     assert streams and set(streams) == {3}  # not the training batch (4)
     with pytest.raises(CharRNNError, match="--val-streams"):
@@ -268,8 +300,14 @@ def _small_run_inputs(tmp_path: Path):
 
 def test_budget_counts_time_already_spent(tmp_path: Path) -> None:
     data, mcfg, info = _small_run_inputs(tmp_path)
-    trainer = Trainer(mcfg, TrainConfig(batch_size=4, seq_len=16, time_budget=3.0), data,
-                      RunPaths(tmp_path / "runs" / "r"), info, spent=2.5)
+    trainer = Trainer(
+        mcfg,
+        TrainConfig(batch_size=4, seq_len=16, time_budget=3.0),
+        data,
+        RunPaths(tmp_path / "runs" / "r"),
+        info,
+        spent=2.5,
+    )
     result = trainer.run()
     assert result.reason == "time" and result.elapsed < 3.5
 

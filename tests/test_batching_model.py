@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn.data.batching import StreamBatcher, eval_chunks
 from charrnn.config import ModelConfig
+from charrnn.data.batching import StreamBatcher, eval_chunks
 from charrnn.errors import CharRNNError
 from charrnn.models.charrnn import CharRNN
 
@@ -55,5 +55,5 @@ def test_lstm_biases_keep_torchs_uniform_init() -> None:
     model = CharRNN(ModelConfig(vocab_size=5, hidden_size=h, num_layers=2))
     for layer in model.stack.layers:
         for bias in (layer.bias_ih_l0, layer.bias_hh_l0):
-            assert bias.abs().max() <= h ** -0.5
-            assert bias[h : 2 * h].std() > 0.3 * h ** -0.5  # random, not a constant
+            assert bias.abs().max() <= h**-0.5
+            assert bias[h : 2 * h].std() > 0.3 * h**-0.5  # random, not a constant

@@ -7,11 +7,11 @@ import torch
 
 from charrnn.checkpoint import FORMAT_VERSION, Checkpoint, build_model, load_checkpoint, save_checkpoint
 from charrnn.config import ModelConfig, SampleConfig, TrainConfig
+from charrnn.data.vocab import build_vocab
 from charrnn.errors import CharRNNError
 from charrnn.models.charrnn import CharRNN
 from charrnn.sample.draw import draw
 from charrnn.sample.torch_engine import generate
-from charrnn.data.vocab import build_vocab
 
 VOCAB = build_vocab("abcdefgh \n")
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TRAIN
 
 from charrnn.cli import app
-from conftest import TINY_TRAIN
 
 COMMANDS = ["prepare", "train", "sample", "eval", "runs", "info"]
 
@@ -29,8 +29,10 @@ def test_every_command_has_help(runner, command: str) -> None:
 
 
 def test_help_does_not_import_torch() -> None:
-    code = "import sys; from charrnn.cli import main; sys.argv=['charrnn','train','--help']\n" \
-           "try:\n    main()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules, file=sys.stderr)"
+    code = (
+        "import sys; from charrnn.cli import main; sys.argv=['charrnn','train','--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules, file=sys.stderr)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stderr.strip().endswith("False"), proc.stderr
     proc = subprocess.run([sys.executable, "-m", "charrnn", "--help"], capture_output=True, text=True, timeout=60)
@@ -91,7 +93,9 @@ def test_bad_input_is_one_line_error(runner, corpus: Path, tmp_path: Path) -> No
     (tmp_path / "bad.txt").write_bytes(b"hello \xc3\x28 world")
     one_line_error(runner.invoke(app, ["train", "bad.txt"]), "offset 6")
     (tmp_path / "short.txt").write_text("abcdefghij" * 20)
-    one_line_error(runner.invoke(app, ["train", "short.txt", "--batch-size", "8", "--seq-len", "50"]), "--batch-size 3 or less")
+    one_line_error(
+        runner.invoke(app, ["train", "short.txt", "--batch-size", "8", "--seq-len", "50"]), "--batch-size 3 or less"
+    )
     one_line_error(runner.invoke(app, ["train", str(corpus), "--time-budget", "soon"]), "duration")
     one_line_error(runner.invoke(app, ["train", str(corpus), "--name", "../escape"]), "invalid run name")
     one_line_error(runner.invoke(app, ["train", str(corpus), "--dropout", "1.5"]), "--dropout")
@@ -128,17 +132,41 @@ def test_existing_run_name_is_refused(runner, corpus: Path, trained: str) -> Non
 def test_head_closing_the_pipe_is_quiet(runner, tmp_path: Path, corpus: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "CHARRNN_RUNS_DIR": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "charrnn"]
-    result = runner.invoke(app, ["train", str(corpus), "--name", "p", "--max-steps", "5", "--runs-dir", "runs", *TINY_TRAIN])
+    result = runner.invoke(
+        app, ["train", str(corpus), "--name", "p", "--max-steps", "5", "--runs-dir", "runs", *TINY_TRAIN]
+    )
     assert result.exit_code == 0, result.output
-    proc = subprocess.run(f"{' '.join(cmd)} sample p --length 100000 | head -n 2", shell=True, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        f"{' '.join(cmd)} sample p --length 100000 | head -n 2",
+        shell=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and proc.stdout.count("\n") == 2
     assert proc.stderr == "", proc.stderr
 
 
 def test_task_corpus_trains_and_evaluates_per_length(runner) -> None:
-    result = runner.invoke(app, ["train", "task:brackets", "--name", "br", "--model", "gf-lstm", "--task-chars", "20000",
-                                 "--length-max", "8", "--max-steps", "5", *TINY_TRAIN])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "task:brackets",
+            "--name",
+            "br",
+            "--model",
+            "gf-lstm",
+            "--task-chars",
+            "20000",
+            "--length-max",
+            "8",
+            "--max-steps",
+            "5",
+            *TINY_TRAIN,
+        ],
+    )
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["eval", "br", "task:brackets", "--lengths", "2,8", "--examples", "20", "--json"])
     assert result.exit_code == 0, result.output

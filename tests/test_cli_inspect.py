@@ -87,9 +87,7 @@ def quote_model(vocab: Vocab) -> CharRNN:
     goes to -1 at an opening quote and to +1 at a closing one; elsewhere it holds.
     """
     torch.manual_seed(0)
-    model = CharRNN(
-        ModelConfig(vocab_size=len(vocab), model="lstm", num_layers=2, hidden_size=8)
-    ).eval()
+    model = CharRNN(ModelConfig(vocab_size=len(vocab), model="lstm", num_layers=2, hidden_size=8)).eval()
     H, k = 8, QUOTE_UNIT
     p = dict(cast(FusedStack, model.stack).layers[0].named_parameters())
     with torch.no_grad():
@@ -122,12 +120,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         paths[kind] = save(CharRNN(cfg), vocab, root / kind)
     with open(root / "quote" / "metrics.jsonl", "w") as f:
         for step in range(0, 101, 10):
-            f.write(
-                json.dumps(
-                    {"event": "train", "step": step, "time": step / 4, "train_loss": 3 - step / 60}
-                )
-                + "\n"
-            )
+            f.write(json.dumps({"event": "train", "step": step, "time": step / 4, "train_loss": 3 - step / 60}) + "\n")
             if step % 50 == 0:
                 f.write(
                     json.dumps(
@@ -302,9 +295,7 @@ def test_cells_finds_the_planted_quote_unit_first(runs: dict[str, Path]) -> None
     assert len(lines) == 6
 
 
-def test_cells_regex_feature_kind_filter_excerpt_and_export(
-    runs: dict[str, Path], tmp_path: Path
-) -> None:
+def test_cells_regex_feature_kind_filter_excerpt_and_export(runs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "cells.npz"
     env = {"FORCE_COLOR": "1", "COLUMNS": "120"}
     result = invoke(
@@ -344,15 +335,11 @@ def test_gates_table_and_per_unit(runs: dict[str, Path]) -> None:
     lines = result.output.splitlines()
     assert lines[0].split("\t")[:5] == ["layer", "gate", "units", "left <0.1", "right >0.9"]
     rows = [line.split("\t") for line in lines[1:]]
-    assert [(r[0], r[1]) for r in rows] == [
-        (str(l), g) for l in (0, 1) for g in ("input", "forget", "output")
-    ]
+    assert [(r[0], r[1]) for r in rows] == [(str(l), g) for l in (0, 1) for g in ("input", "forget", "output")]
     assert all(0 <= float(r[3]) <= 1 and 0 <= float(r[4]) <= 1 for r in rows)
     per_unit = invoke("gates", runs["gru"], runs["text"], "--per-unit")
     assert per_unit.exit_code == 0 and len(per_unit.output.splitlines()) == 1 + 2 * 2 * 6
-    coloured = invoke(
-        "gates", runs["quote"], runs["text"], env={"FORCE_COLOR": "1", "COLUMNS": "150"}
-    )
+    coloured = invoke("gates", runs["quote"], runs["text"], env={"FORCE_COLOR": "1", "COLUMNS": "150"})
     assert coloured.exit_code == 0 and "gate saturation over" in coloured.output
 
 
@@ -396,10 +383,7 @@ def test_view_in_a_headless_browser(runs: dict[str, Path], tmp_path: Path) -> No
     if browser is None:
         pytest.skip("no Chromium on this machine")
     page = tmp_path / "page.html"
-    assert (
-        invoke("view", runs["quote"], runs["text"], "--out", page, "--max-chars", 120).exit_code
-        == 0
-    )
+    assert invoke("view", runs["quote"], runs["text"], "--out", page, "--max-chars", 120).exit_code == 0
     flags = [
         browser,
         "--headless",
@@ -450,9 +434,7 @@ def test_curves_plain_and_plotted(runs: dict[str, Path]) -> None:
     assert lines[0] == "event\tstep\ttime\tloss" and len(lines) == 1 + 11 + 3
     assert lines[-1] == "eval\t100\t25.0\t1.9500"
     pretty = invoke("curves", "quote", "--runs-dir", runs["root"], env={"FORCE_COLOR": "1"})
-    assert (
-        pretty.exit_code == 0 and "●" in pretty.output and "best val loss 1.9500" in pretty.output
-    )
+    assert pretty.exit_code == 0 and "●" in pretty.output and "best val loss 1.9500" in pretty.output
 
 
 def test_curves_without_metrics(runs: dict[str, Path]) -> None:

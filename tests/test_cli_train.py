@@ -18,8 +18,17 @@ TINY = {"hidden_size": 16, "num_layers": 1, "batch_size": 4, "seq_len": 16, "dev
 def test_train_run_trains_a_new_run_and_reports_it(tmp_path: Path, corpus: Path) -> None:
     notes: list[str] = []
     events: list[dict] = []
-    done = train_run(corpus, name="lib", runs_dir=tmp_path / "runs", data_dir=tmp_path / "data", auto=False,
-                     max_steps=30, on_note=notes.append, on_event=events.append, **TINY)
+    done = train_run(
+        corpus,
+        name="lib",
+        runs_dir=tmp_path / "runs",
+        data_dir=tmp_path / "data",
+        auto=False,
+        max_steps=30,
+        on_note=notes.append,
+        on_event=events.append,
+        **TINY,
+    )
     assert done.result.status == "done" and done.result.step == 30
     assert done.path == tmp_path / "runs" / "lib" and (done.path / "best.pt").is_file()
     assert done.model_config.hidden_size == 16 and done.train_config.max_steps == 30
@@ -39,8 +48,18 @@ def test_train_run_resumes_and_refuses_new_settings(tmp_path: Path, corpus: Path
 
 def test_train_run_takes_a_preset_and_a_time_budget_as_text(tmp_path: Path, corpus: Path) -> None:
     notes: list[str] = []
-    done = train_run(corpus, name="p", preset="tiny", runs_dir=tmp_path / "runs", data_dir=tmp_path / "data",
-                     time_budget="3s", batch_size=4, seq_len=16, device="cpu", on_note=notes.append)
+    done = train_run(
+        corpus,
+        name="p",
+        preset="tiny",
+        runs_dir=tmp_path / "runs",
+        data_dir=tmp_path / "data",
+        time_budget="3s",
+        batch_size=4,
+        seq_len=16,
+        device="cpu",
+        on_note=notes.append,
+    )
     assert done.model_config.hidden_size == 128 and done.train_config.time_budget == 3.0
     assert any(n.startswith("plan: 2x128 lstm") for n in notes)
     assert json.loads((done.path / "config.json").read_text())["corpus"]["plan"]
@@ -68,8 +87,9 @@ def test_version_names_charrnn_torch_and_python(runner) -> None:
 
 
 def test_train_help_groups_its_options() -> None:
-    proc = subprocess.run([sys.executable, "-m", "charrnn", "train", "--help"], capture_output=True, text=True, check=False,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "charrnn", "train", "--help"], capture_output=True, text=True, check=False, timeout=60
+    )
     assert proc.returncode == 0
     assert all(f"\n{panel}:" in proc.stdout for panel in ("Model", "Training", "Data", "Output", "Distributed"))
 
@@ -77,11 +97,35 @@ def test_train_help_groups_its_options() -> None:
 def test_training_into_a_log_file_writes_plain_lines(tmp_path: Path, corpus: Path) -> None:
     log = tmp_path / "log"
     with open(log, "wb") as f:
-        proc = subprocess.run([sys.executable, "-m", "charrnn", "train", str(corpus), "--max-steps", "20",
-                               "--hidden", "16", "--layers", "1", "--batch-size", "4", "--seq-len", "16",
-                               "--device", "cpu", "--runs-dir", str(tmp_path / "runs"),
-                               "--data-dir", str(tmp_path / "data")],
-                              stdout=f, stderr=subprocess.STDOUT, timeout=120, check=False)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "charrnn",
+                "train",
+                str(corpus),
+                "--max-steps",
+                "20",
+                "--hidden",
+                "16",
+                "--layers",
+                "1",
+                "--batch-size",
+                "4",
+                "--seq-len",
+                "16",
+                "--device",
+                "cpu",
+                "--runs-dir",
+                str(tmp_path / "runs"),
+                "--data-dir",
+                str(tmp_path / "data"),
+            ],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+            check=False,
+        )
     text = log.read_text(encoding="utf-8")
     assert proc.returncode == 0, text
     assert "\r" not in text and "\x1b" not in text

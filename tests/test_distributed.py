@@ -32,14 +32,14 @@ import torch
 from conftest import make_text
 from typer.testing import CliRunner
 
-from charrnn.data.batching import StreamBatcher
 from charrnn.checkpoint import load_checkpoint
 from charrnn.cli import app
 from charrnn.config import ModelConfig, TrainConfig
+from charrnn.data.batching import StreamBatcher
 from charrnn.data.corpus import prepare
-from charrnn.training.distributed import Dist, ShardedBatcher, torchrun_command
 from charrnn.errors import CharRNNError
 from charrnn.rundir import RunPaths, read_metrics
+from charrnn.training.distributed import Dist, ShardedBatcher, torchrun_command
 from charrnn.training.loop import Trainer
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="loopback gloo test on Linux")
@@ -58,8 +58,12 @@ def free_port() -> int:
 
 
 def cli_env(root: Path) -> dict[str, str]:
-    return {**os.environ, "CHARRNN_RUNS_DIR": str(root / "runs"), "CHARRNN_DATA_DIR": str(root / "data"),
-            "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "CHARRNN_RUNS_DIR": str(root / "runs"),
+        "CHARRNN_DATA_DIR": str(root / "data"),
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 class Rank:
@@ -99,8 +103,15 @@ def start_ranks(root: Path, *args: str, world: int = 2, dist_timeout: int = 30) 
     port = str(free_port())
     ranks = []
     for rank in range(world):
-        env = {**cli_env(root), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(rank),
-               "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world)}
+        env = {
+            **cli_env(root),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_WORLD_SIZE": str(world),
+        }
         ranks.append(Rank(env, [*args, "--dist-timeout", str(dist_timeout)], root / f"rank{rank}-{port}.log"))
     return ranks
 
@@ -170,9 +181,27 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("dist")
     corpus = root / "tiny.txt"
     corpus.write_text(make_text(), encoding="utf-8")
-    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(corpus), "--name", "two", *MODEL,
-                             "--max-steps", str(K), *RUN, "--nproc", "2"],
-                            env=cli_env(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "charrnn",
+            "train",
+            str(corpus),
+            "--name",
+            "two",
+            *MODEL,
+            "--max-steps",
+            str(K),
+            *RUN,
+            "--nproc",
+            "2",
+        ],
+        env=cli_env(root),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         result = invoke(root, "train", str(corpus), "--name", "one", *MODEL, "--max-steps", str(K), *RUN)
         assert result.exit_code == 0, result.output
@@ -216,8 +245,18 @@ def test_checkpoint_rng_per_rank() -> None:
 
 def test_nproc_relaunches_through_torchrun_without_itself() -> None:
     cmd = torchrun_command(2, ["train", "c.txt", "--nproc", "2", "--name", "x", "--nproc=3"])
-    assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                       "-m", "charrnn", "train", "c.txt", "--name", "x"]
+    assert cmd[1:] == [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "charrnn",
+        "train",
+        "c.txt",
+        "--name",
+        "x",
+    ]
 
 
 def test_one_process_context_is_transparent(tmp_path: Path) -> None:
@@ -225,9 +264,13 @@ def test_one_process_context_is_transparent(tmp_path: Path) -> None:
     path = tmp_path / "c.txt"
     path.write_text(make_text(5000), encoding="utf-8")
     data = prepare(path, tmp_path / "data")
-    trainer = Trainer(ModelConfig(vocab_size=len(data.vocab), num_layers=1, hidden_size=8),
-                      TrainConfig(batch_size=4, seq_len=8, max_steps=1, device="cpu"), data,
-                      RunPaths(tmp_path / "r"), {})
+    trainer = Trainer(
+        ModelConfig(vocab_size=len(data.vocab), num_layers=1, hidden_size=8),
+        TrainConfig(batch_size=4, seq_len=8, max_steps=1, device="cpu"),
+        data,
+        RunPaths(tmp_path / "r"),
+        {},
+    )
     assert trainer.net is trainer.model and not trainer.dist.enabled
     assert trainer.dist.agree_max(1.5, 2.0) == (1.5, 2.0)
 
@@ -292,8 +335,9 @@ def test_single_process_checkpoint_resumes_on_two_ranks(root: Path) -> None:
 def test_a_rank_that_dies_stops_the_others_with_a_clear_error(root: Path) -> None:
     """(3) SIGKILL rank 1 mid-run: rank 0 notices on its next collective and exits 1 with one line."""
     run = root / "runs" / "dies"
-    procs = start_ranks(root, str(root / "tiny.txt"), "--name", "dies", *MODEL, "--max-steps", "100000",
-                        "--log-every", "1", "--quiet")
+    procs = start_ranks(
+        root, str(root / "tiny.txt"), "--name", "dies", *MODEL, "--max-steps", "100000", "--log-every", "1", "--quiet"
+    )
     wait_for(lambda: train_steps(run) >= 2, procs)
     t0 = time.monotonic()
     procs[1].send_signal(signal.SIGKILL)
@@ -309,8 +353,19 @@ def test_a_rank_that_dies_stops_the_others_with_a_clear_error(root: Path) -> Non
 def test_a_rank_that_hangs_is_given_up_after_the_timeout(root: Path) -> None:
     """(3b) A rank alive but silent (SIGSTOP: torchrun's agent would not notice): --dist-timeout ends the wait."""
     run = root / "runs" / "hangs"
-    procs = start_ranks(root, str(root / "tiny.txt"), "--name", "hangs", *MODEL, "--max-steps", "100000",
-                        "--log-every", "1", "--quiet", dist_timeout=2)
+    procs = start_ranks(
+        root,
+        str(root / "tiny.txt"),
+        "--name",
+        "hangs",
+        *MODEL,
+        "--max-steps",
+        "100000",
+        "--log-every",
+        "1",
+        "--quiet",
+        dist_timeout=2,
+    )
     wait_for(lambda: train_steps(run) >= 2, procs)
     t0 = time.monotonic()
     procs[1].send_signal(signal.SIGSTOP)
@@ -328,8 +383,10 @@ def test_a_rank_that_hangs_is_given_up_after_the_timeout(root: Path) -> None:
 def test_time_budget_is_agreed_by_all_ranks(root: Path) -> None:
     """With --time-budget the lr, the eval marks and the stop read one clock: no rank waits for another."""
     run = root / "runs" / "timed"
-    results = finish(start_ranks(root, str(root / "tiny.txt"), "--name", "timed", *MODEL, "--time-budget", "2s",
-                                 "--quiet"), timeout=60)
+    results = finish(
+        start_ranks(root, str(root / "tiny.txt"), "--name", "timed", *MODEL, "--time-budget", "2s", "--quiet"),
+        timeout=60,
+    )
     assert [code for code, _ in results] == [0, 0], results
     events = read_metrics(RunPaths(run))
     assert [e["status"] for e in events if e["event"] == "end"] == ["done"]

@@ -6,12 +6,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_CORPUS
 
-from charrnn.data import corpus as corpus_mod
 from charrnn.cli import app
+from charrnn.data import corpus as corpus_mod
 from charrnn.data.corpus import BuiltinCorpus, fetch_builtin
 from charrnn.errors import CharRNNError
-from conftest import SHARED_CORPUS
 
 
 @pytest.fixture

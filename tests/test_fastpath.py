@@ -11,10 +11,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from charrnn.sample import fast_step as fastpath
-from charrnn.sample import step_base
 from charrnn.config import ModelConfig
 from charrnn.errors import CharRNNError
+from charrnn.models.charrnn import CharRNN, FusedStack, State
+from charrnn.sample import fast_step as fastpath
+from charrnn.sample import step_base
 from charrnn.sample.fast_step import (
     FastStepper,
     ModelStepper,
@@ -22,7 +23,6 @@ from charrnn.sample.fast_step import (
     available_weight_modes,
     build_stepper,
 )
-from charrnn.models.charrnn import CharRNN, FusedStack, State
 
 KINDS = ("lstm", "gru", "rnn")
 # Kinds of charrnn.models.custom, with their own hand-written steps.
@@ -32,13 +32,9 @@ VOCAB = 11
 LOW_PRECISION = [m for m in ("bf16", "int8") if m in available_weight_modes("cpu")]
 
 
-def make_model(
-    kind: str, layers: int = 2, hidden: int = 16, embed: int = 0, seed: int = 0
-) -> CharRNN:
+def make_model(kind: str, layers: int = 2, hidden: int = 16, embed: int = 0, seed: int = 0) -> CharRNN:
     torch.manual_seed(seed)
-    cfg = ModelConfig(
-        vocab_size=VOCAB, model=kind, num_layers=layers, hidden_size=hidden, embed_size=embed
-    )
+    cfg = ModelConfig(vocab_size=VOCAB, model=kind, num_layers=layers, hidden_size=hidden, embed_size=embed)
     return CharRNN(cfg).eval()
 
 
@@ -225,8 +221,9 @@ def test_kind_without_fast_step_falls_back_to_forward() -> None:
     model.stack = WrappedStack(model.stack)
     stepper = build_stepper(model, "fp32")
     assert isinstance(stepper, ModelStepper)
-    assert_steps_match_forward(stepper, model, torch.randint(0, VOCAB, (2, 8)), random_state(model, 2),
-                               atol=1e-6, rtol=None)
+    assert_steps_match_forward(
+        stepper, model, torch.randint(0, VOCAB, (2, 8)), random_state(model, 2), atol=1e-6, rtol=None
+    )
     with pytest.raises(CharRNNError, match="use fp32"):
         build_stepper(model, "bf16")
 

@@ -14,9 +14,9 @@ from charrnn.checkpoint import Checkpoint, save_checkpoint
 from charrnn.cli import app
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.data.corpus import prepare
+from charrnn.data.vocab import build_vocab
 from charrnn.errors import CharRNNError
 from charrnn.models.charrnn import CharRNN
-from charrnn.data.vocab import build_vocab
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -60,9 +60,25 @@ def run_dir(tmp_path_factory) -> Path:
     length=st.integers(-3, 30),
     prime=st.text(max_size=20),
 )
-def test_arbitrary_sample_options(run_dir: Path, temp: float, top_k: int, top_p: float, length: int, prime: str) -> None:
-    args = ["sample", "r", "--runs-dir", str(run_dir), "--temp", repr(temp), "--top-k", str(top_k),
-            "--top-p", repr(top_p), "--length", str(length), "--seed", "1"]
+def test_arbitrary_sample_options(
+    run_dir: Path, temp: float, top_k: int, top_p: float, length: int, prime: str
+) -> None:
+    args = [
+        "sample",
+        "r",
+        "--runs-dir",
+        str(run_dir),
+        "--temp",
+        repr(temp),
+        "--top-k",
+        str(top_k),
+        "--top-p",
+        repr(top_p),
+        "--length",
+        str(length),
+        "--seed",
+        "1",
+    ]
     if "\x00" not in prime:
         args += ["--prime", prime]
     result = CliRunner().invoke(app, args)

@@ -38,8 +38,11 @@ def private_imports(path: Path, known: dict[str, Path]) -> list[str]:
     bad = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.module in known and node.module != module_name(path):
-            bad += [f"{module_name(path)} imports {node.module}.{a.name}" for a in node.names
-                    if a.name.startswith("_") and not a.name.startswith("__")]
+            bad += [
+                f"{module_name(path)} imports {node.module}.{a.name}"
+                for a in node.names
+                if a.name.startswith("_") and not a.name.startswith("__")
+            ]
     return bad
 
 
@@ -52,7 +55,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -68,9 +71,14 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_import_graph_has_no_cycle() -> None:
     known = modules()
     # A package's __init__ importing its own submodules is how a package is assembled, not a cycle.
-    graph = {name: {m for m in imports_of(path, known)
-                    if m != name and not (path.name == "__init__.py" and m.startswith(name + "."))}
-             for name, path in known.items()}
+    graph = {
+        name: {
+            m
+            for m in imports_of(path, known)
+            if m != name and not (path.name == "__init__.py" and m.startswith(name + "."))
+        }
+        for name, path in known.items()
+    }
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
 
 

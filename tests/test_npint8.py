@@ -5,13 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from charrnn.sample import numpy_int8 as npint8
-
-from charrnn.sample import numpy_engine as npsample
-from charrnn.sample import numpy_net
-from charrnn.cli import app
 from test_npsample import saved_model
+
+from charrnn.cli import app
+from charrnn.sample import numpy_engine as npsample
+from charrnn.sample import numpy_int8 as npint8
+from charrnn.sample import numpy_net
 
 pytestmark = pytest.mark.skipif(not npint8.available(), reason="numba is not installed")
 
@@ -61,8 +60,12 @@ class _UnfusedInt8(numpy_net.NumpyNet):
     product = npint8.Int8Dense
 
 
-@pytest.mark.parametrize("kind,layers,embed", [("lstm", 2, 0), ("lstm", 3, 8), ("gru", 2, 0), ("gru", 1, 8), ("rnn", 2, 5)])
-def test_fused_layers_match_numpy_gates_on_the_same_products(tmp_path: Path, kind: str, layers: int, embed: int) -> None:
+@pytest.mark.parametrize(
+    "kind,layers,embed", [("lstm", 2, 0), ("lstm", 3, 8), ("gru", 2, 0), ("gru", 1, 8), ("rnn", 2, 5)]
+)
+def test_fused_layers_match_numpy_gates_on_the_same_products(
+    tmp_path: Path, kind: str, layers: int, embed: int
+) -> None:
     """Step by step from one state: the compiled layers agree with NumPy's gates on the same
     int8 products up to the tanh fit (1e-5), except where that nudge moves a 7-bit rounding
     of the next product's input; and with fp32 up to int8's own error."""

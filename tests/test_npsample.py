@@ -14,16 +14,15 @@ import pytest
 import torch
 
 from charrnn import ptfile
-
-from charrnn.sample import numpy_engine as npsample
-from charrnn.sample.draw import draw
 from charrnn.checkpoint import Checkpoint, save_checkpoint
 from charrnn.cli import app
 from charrnn.config import ModelConfig, SampleConfig, TrainConfig
-from charrnn.sample.fast_step import ModelStepper, build_stepper
-from charrnn.models.charrnn import CharRNN
-from charrnn.sample.torch_engine import generate
 from charrnn.data.vocab import build_vocab
+from charrnn.models.charrnn import CharRNN
+from charrnn.sample import numpy_engine as npsample
+from charrnn.sample.draw import draw
+from charrnn.sample.fast_step import ModelStepper, build_stepper
+from charrnn.sample.torch_engine import generate
 
 VOCAB = build_vocab("abcdefgh \n")
 
@@ -40,7 +39,9 @@ def saved_model(tmp_path: Path, kind: str, layers: int = 2, hidden: int = 24, em
     return model, path
 
 
-@pytest.mark.parametrize("kind,layers,embed", [("lstm", 2, 0), ("lstm", 3, 8), ("gru", 2, 0), ("gru", 1, 8), ("rnn", 2, 5)])
+@pytest.mark.parametrize(
+    "kind,layers,embed", [("lstm", 2, 0), ("lstm", 3, 8), ("gru", 2, 0), ("gru", 1, 8), ("rnn", 2, 5)]
+)
 def test_numpy_step_matches_the_model(tmp_path: Path, kind: str, layers: int, embed: int) -> None:
     model, path = saved_model(tmp_path, kind, layers, embed=embed)
     net, vocab = npsample.load(path)

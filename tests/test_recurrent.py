@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from charrnn.models import custom as recurrent
 from charrnn.config import MODELS, ModelConfig
+from charrnn.models import custom as recurrent
 from charrnn.models.charrnn import CharRNN, FusedStack
 from charrnn.models.custom import GatedFeedbackStack, PeepholeLSTMStack
 
@@ -82,9 +82,7 @@ def gf_reference(stack: Any, kind: str, x: Tensor, state: tuple[Tensor, ...]):
             xw = below @ w + stack.bias_in[j]
             fb = 0.0
             for i in range(L):
-                u_g = torch.cat(
-                    [stack.weight_rec[s][:, k * H + L * H + j * L + i] for s in range(L)]
-                )
+                u_g = torch.cat([stack.weight_rec[s][:, k * H + L * H + j * L + i] for s in range(L)])
                 g = torch.sigmoid(xw[:, n * H + i] + h_star @ u_g)  # (B,)
                 u = stack.weight_rec[i][:, k * H + j * H : k * H + (j + 1) * H]
                 fb = fb + g.unsqueeze(1) * (h[i] @ u)
@@ -188,9 +186,7 @@ def test_gf_with_cross_layer_gates_closed_is_the_stacked_model(kind: str) -> Non
     x, state = torch.randn(B, T, E, dtype=torch.float64), rand_state(kind, 3)
     assert_same(gf(x, state), plain(x, state))
     _, _, acts = gf.forward_with_activations(x, state)
-    assert torch.equal(
-        acts["feedback"], torch.eye(3, dtype=torch.float64)[:, None, None, :].expand(3, B, T, 3)
-    )
+    assert torch.equal(acts["feedback"], torch.eye(3, dtype=torch.float64)[:, None, None, :].expand(3, B, T, 3))
 
 
 @pytest.mark.parametrize("kind", sorted(GF_PLAIN))
@@ -214,9 +210,7 @@ def test_gradcheck(kind: str) -> None:
     names = [name for name, _ in stack.named_parameters()]
     x = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
     n_state = 2 if kind.endswith("lstm") else 1
-    state = tuple(
-        torch.randn(2, 2, 2, dtype=torch.float64, requires_grad=True) for _ in range(n_state)
-    )
+    state = tuple(torch.randn(2, 2, 2, dtype=torch.float64, requires_grad=True) for _ in range(n_state))
 
     def run(x: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
         params = dict(zip(names, tensors[len(state) :]))
@@ -261,9 +255,7 @@ def test_shapes_and_activations(kind: str, layers: int) -> None:
 @pytest.mark.parametrize("kind", NEW_KINDS)
 def test_chunked_forward_equals_full_forward(kind: str) -> None:
     torch.manual_seed(1)
-    model = CharRNN(
-        ModelConfig(vocab_size=11, model=kind, num_layers=2, hidden_size=H, dropout=0.3)
-    )
+    model = CharRNN(ModelConfig(vocab_size=11, model=kind, num_layers=2, hidden_size=H, dropout=0.3))
     model.eval()  # dropout off
     x = torch.randint(0, 11, (B, 10))
     full, full_state = model(x, model.init_state(B))

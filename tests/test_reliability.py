@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TRAIN
+from test_cli import one_line_error
 
 from charrnn import checkpoint as checkpoint_mod
 from charrnn import files as files_mod
@@ -24,13 +26,15 @@ from charrnn.errors import CharRNNError
 from charrnn.rundir import RunPaths, read_metrics
 from charrnn.sample.torch_engine import generate
 from charrnn.training.loop import Trainer
-from conftest import TINY_TRAIN
-from test_cli import one_line_error
 
 
 def start_training(tmp_path: Path, corpus: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "CHARRNN_RUNS_DIR": str(tmp_path / "runs"), "CHARRNN_DATA_DIR": str(tmp_path / "data"),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "CHARRNN_RUNS_DIR": str(tmp_path / "runs"),
+        "CHARRNN_DATA_DIR": str(tmp_path / "data"),
+        "OMP_NUM_THREADS": "1",
+    }
     sizes = ["--quiet"] if "--resume" in extra else TINY_TRAIN
     cmd = [sys.executable, "-m", "charrnn", "train", *extra, *sizes]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -90,8 +94,9 @@ def test_signal_saves_and_says_how_to_resume(tmp_path: Path, corpus: Path, signu
 
 def test_second_ctrl_c_aborts_without_damage(tmp_path: Path, corpus: Path) -> None:
     run = tmp_path / "runs" / "d"
-    proc = start_training(tmp_path, corpus, str(corpus), "--name", "d", "--max-steps", "100000",
-                          "--eval-every", "1", "--log-every", "1")
+    proc = start_training(
+        tmp_path, corpus, str(corpus), "--name", "d", "--max-steps", "100000", "--eval-every", "1", "--log-every", "1"
+    )
     wait_for(lambda: trained_steps(run) >= 2)
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGINT)
@@ -105,8 +110,19 @@ def test_one_trainer_per_run(tmp_path: Path, corpus: Path, runner) -> None:
     proc = start_training(tmp_path, corpus, str(corpus), "--name", "l", "--max-steps", "100000", "--log-every", "1")
     try:
         wait_for(lambda: trained_steps(run) >= 1)
-        result = runner.invoke(app, ["train", "--resume", "l", "--runs-dir", str(tmp_path / "runs"),
-                                     "--data-dir", str(tmp_path / "data"), "--quiet"])
+        result = runner.invoke(
+            app,
+            [
+                "train",
+                "--resume",
+                "l",
+                "--runs-dir",
+                str(tmp_path / "runs"),
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--quiet",
+            ],
+        )
         one_line_error(result, "is being trained by pid")
         result = runner.invoke(app, ["train", str(corpus), "--name", "l", "--runs-dir", str(tmp_path / "runs")])
         one_line_error(result, "already exists")
@@ -184,13 +200,17 @@ def test_unwritable_checkpoint_keeps_the_previous_one(tmp_path: Path, corpus: Pa
     Trainer(*_tiny_setup(tmp_path, corpus, run, max_steps=5)).run()
     good = (run / "last.pt").read_bytes()
     if failure == "enospc":
+
         def save(*args, **kwargs):
             raise OSError(errno.ENOSPC, "No space left on device")
+
         monkeypatch.setattr(checkpoint_mod.torch, "save", save)
         expected = "No space left"
     else:
+
         def replace(*args, **kwargs):
             raise OSError(errno.EROFS, "Read-only file system")
+
         monkeypatch.setattr(files_mod.os, "replace", replace)
         expected = "Read-only"
     trainer = Trainer(*_tiny_setup(tmp_path, corpus, run, resume=True))
@@ -226,8 +246,25 @@ def test_exact_resume_includes_samples(tmp_path: Path, corpus: Path) -> None:
 
 
 def test_runs_check_reports_damage(runner, corpus: Path) -> None:
-    assert runner.invoke(app, ["train", str(corpus), "--name", "c", "--max-steps", "5", "--keep-last", "2",
-                               "--eval-every", "1", *TINY_TRAIN]).exit_code == 0
+    assert (
+        runner.invoke(
+            app,
+            [
+                "train",
+                str(corpus),
+                "--name",
+                "c",
+                "--max-steps",
+                "5",
+                "--keep-last",
+                "2",
+                "--eval-every",
+                "1",
+                *TINY_TRAIN,
+            ],
+        ).exit_code
+        == 0
+    )
     run = Path("checkpoints") / "c"
     assert len(list(run.glob("step-*.pt"))) == 2
     listing = runner.invoke(app, ["runs"])

@@ -107,9 +107,7 @@ def test_label_accuracy_of_a_constant_guess() -> None:
     acc = label_accuracy(always_yes, vocab, "task:parity", [4, 9], 300, seed=0)  # type: ignore[arg-type]
     base = majority_baseline("task:parity", [4, 9], 300, seed=0)
     for length in (4, 9):
-        assert acc[length] == pytest.approx(base[length]) or acc[length] == pytest.approx(
-            1 - base[length]
-        )
+        assert acc[length] == pytest.approx(base[length]) or acc[length] == pytest.approx(1 - base[length])
         assert 0.4 < acc[length] < 0.6
 
 
@@ -117,9 +115,7 @@ def test_label_accuracy_of_a_constant_guess() -> None:
 def test_untrained_model_is_near_chance(task: str, chance: float) -> None:
     torch.manual_seed(0)
     vocab = task_vocab(task)
-    model = CharRNN(
-        ModelConfig(vocab_size=len(vocab), model="gf-lstm", num_layers=2, hidden_size=8)
-    )
+    model = CharRNN(ModelConfig(vocab_size=len(vocab), model="gf-lstm", num_layers=2, hidden_size=8))
     model.train()
     acc = label_accuracy(model, vocab, task, [5, 30], 400, seed=1)
     assert set(acc) == {5, 30}

@@ -86,8 +86,18 @@ def test_loss_curve_matches_a_plain_per_step_loop(tmp_path: Path, corpus: Path) 
     data = prepare(corpus, tmp_path / "data")
     mcfg = ModelConfig(vocab_size=len(data.vocab), num_layers=2, hidden_size=24, embed_size=8)
     steps, B, T, peak, warmup = 40, 4, 16, 3e-3, 0.2
-    tcfg = TrainConfig(batch_size=B, seq_len=T, lr=peak, warmup=warmup, min_lr_ratio=0.1, max_steps=steps,
-                       eval_every=1000, log_every=1, device="cpu", seed=3)
+    tcfg = TrainConfig(
+        batch_size=B,
+        seq_len=T,
+        lr=peak,
+        warmup=warmup,
+        min_lr_ratio=0.1,
+        max_steps=steps,
+        eval_every=1000,
+        log_every=1,
+        device="cpu",
+        seed=3,
+    )
     run = RunPaths(tmp_path / "run")
     Trainer(mcfg, tcfg, data, run, corpus_info(data)).run()
     logged = [e["train_loss"] for e in read_metrics(run) if e["event"] == "train"]

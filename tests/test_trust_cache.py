@@ -39,7 +39,11 @@ def the_cache(data: Path) -> Path:
 
 
 def leftovers(data: Path) -> list[str]:
-    return sorted(p.name for p in (data / "cache").iterdir() if p.name.startswith(".")) if (data / "cache").is_dir() else []
+    return (
+        sorted(p.name for p in (data / "cache").iterdir() if p.name.startswith("."))
+        if (data / "cache").is_dir()
+        else []
+    )
 
 
 def snapshot(root: Path, skip: Path) -> dict[str, tuple]:
@@ -61,6 +65,7 @@ def snapshot(root: Path, skip: Path) -> dict[str, tuple]:
 @contextlib.contextmanager
 def no_hang(seconds: int = 20):
     """Fail instead of hanging (a named pipe opened the wrong way blocks forever)."""
+
     def alarm(*_):
         raise TimeoutError(f"still blocked after {seconds} s")
 
@@ -103,13 +108,17 @@ def _vocab(text: str):
 
 
 DAMAGES = {
-    "truncated tokens.npy": (lambda f, o: os.truncate(f / "tokens.npy", (f / "tokens.npy").stat().st_size - 7),
-                             "tokens.npy is truncated"),
+    "truncated tokens.npy": (
+        lambda f, o: os.truncate(f / "tokens.npy", (f / "tokens.npy").stat().st_size - 7),
+        "tokens.npy is truncated",
+    ),
     "bytes after the ids": (lambda f, o: (f / "tokens.npy").open("ab").write(b"\0"), "bytes after its ids"),
     "tokens.npy with a wrong header dtype": (_retype, "holds int8 ids, expected uint8"),
     "tokens.npy not an array": (lambda f, o: (f / "tokens.npy").write_bytes(b"hello"), "no readable .npy header"),
-    "tokens.npy a named pipe": (lambda f, o: ((f / "tokens.npy").unlink(), os.mkfifo(f / "tokens.npy")),
-                                "tokens.npy is not a plain file"),
+    "tokens.npy a named pipe": (
+        lambda f, o: ((f / "tokens.npy").unlink(), os.mkfifo(f / "tokens.npy")),
+        "tokens.npy is not a plain file",
+    ),
     "missing vocab.json": (lambda f, o: (f / "vocab.json").unlink(), "vocab.json is missing"),
     "vocab.json not JSON": (_vocab("{not json"), "vocab.json is not valid JSON"),
     "vocab.json not an object": (_vocab("[1, 2]"), "vocab.json is not a JSON object"),
@@ -136,7 +145,9 @@ def test_a_damaged_cache_is_rebuilt_with_one_note_and_nothing_outside_touched(tm
 
     again = prepare(corpus, data)
 
-    assert np.array_equal(again.tokens, expected) and again.vocab == vocab and again.sha256 == prepare(corpus, data).sha256
+    assert (
+        np.array_equal(again.tokens, expected) and again.vocab == vocab and again.sha256 == prepare(corpus, data).sha256
+    )
     assert again.tokens.dtype == expected.dtype and isinstance(again.tokens, np.memmap)
     assert len(again.notes) == 1 and reason in again.notes[0], again.notes
     assert again.notes[0].startswith(f"the prepared-data cache '{folder}' was damaged (")
@@ -177,19 +188,27 @@ def _npy_header(count: int, descr: str) -> bytes:
     which=st.sampled_from(["tokens.npy", "vocab.json", "both"]),
     raw=st.one_of(
         st.binary(max_size=400),
-        st.builds(lambda d, body: _npy_header(301, d) + body, st.sampled_from(["|u1", "<u2", "|i1", "<f4"]),
-                  st.binary(min_size=290, max_size=310)),
-        st.builds(lambda v: json.dumps(v).encode(), st.dictionaries(st.sampled_from(["chars", "byte_level", "x"]),
-                                                                    st.one_of(st.text(max_size=40), st.booleans(),
-                                                                              st.integers()))),
+        st.builds(
+            lambda d, body: _npy_header(301, d) + body,
+            st.sampled_from(["|u1", "<u2", "|i1", "<f4"]),
+            st.binary(min_size=290, max_size=310),
+        ),
+        st.builds(
+            lambda v: json.dumps(v).encode(),
+            st.dictionaries(
+                st.sampled_from(["chars", "byte_level", "x"]),
+                st.one_of(st.text(max_size=40), st.booleans(), st.integers()),
+            ),
+        ),
     ),
 )
-def test_any_bytes_in_the_cache_give_a_valid_corpus_or_one_error(tmp_path_factory, pristine: Path, which: str,
-                                                                 raw: bytes) -> None:
+def test_any_bytes_in_the_cache_give_a_valid_corpus_or_one_error(
+    tmp_path_factory, pristine: Path, which: str, raw: bytes
+) -> None:
     root = tmp_path_factory.mktemp("fuzz")
     shutil.copytree(pristine / "data", root / "data")
     folder = the_cache(root / "data")
-    for name in (["tokens.npy", "vocab.json"] if which == "both" else [which]):
+    for name in ["tokens.npy", "vocab.json"] if which == "both" else [which]:
         (folder / name).write_bytes(raw)
     try:
         data = prepare(pristine / "c.txt", root / "data")
@@ -200,8 +219,9 @@ def test_any_bytes_in_the_cache_give_a_valid_corpus_or_one_error(tmp_path_factor
     assert data.vocab.decode(data.tokens.tolist()) == (pristine / "c.txt").read_text(encoding="utf-8")
 
 
-def test_a_cache_another_process_published_first_is_kept_when_sound_and_replaced_when_not(tmp_path: Path,
-                                                                                        corpus: Path) -> None:
+def test_a_cache_another_process_published_first_is_kept_when_sound_and_replaced_when_not(
+    tmp_path: Path, corpus: Path
+) -> None:
     from charrnn.data import cache
 
     data = prepare(corpus, tmp_path / "data")
@@ -231,8 +251,12 @@ def _big_corpus(path: Path, megabytes: int = 48) -> int:
 def _start_prepare(corpus: Path, data: Path) -> subprocess.Popen:
     """`charrnn prepare` in a child, returned once it is encoding (its temp folder exists)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "prepare", str(corpus), "--data-dir", str(data)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "charrnn", "prepare", str(corpus), "--data-dir", str(data)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
     while not any(".tmp." in name for name in leftovers(data)):
         assert proc.poll() is None, f"prepare ended before it was stopped: {proc.stderr.read()!r}"
@@ -274,7 +298,9 @@ def test_a_running_prepare_keeps_its_temp_folder_while_another_prepares(tmp_path
 
 def test_a_data_dir_below_a_file_is_one_error(tmp_path: Path, corpus: Path) -> None:
     (tmp_path / "blocker").write_text("a file\n")
-    with pytest.raises(CharRNNError, match=f"'{tmp_path / 'blocker'}' is a file where charrnn needs a folder.*--data-dir"):
+    with pytest.raises(
+        CharRNNError, match=f"'{tmp_path / 'blocker'}' is a file where charrnn needs a folder.*--data-dir"
+    ):
         prepare(corpus, tmp_path / "blocker" / "data")
     assert (tmp_path / "blocker").read_text() == "a file\n"
 
@@ -311,8 +337,15 @@ def test_a_file_size_limit_in_a_real_process_is_one_error_line(tmp_path: Path) -
         resource.setrlimit(resource.RLIMIT_FSIZE, (16_384, 16_384))
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
-    child = subprocess.run([sys.executable, "-m", "charrnn", "prepare", str(corpus), "--data-dir", str(tmp_path / "d")],
-                           env=env, preexec_fn=limit, capture_output=True, text=True, timeout=120, check=False)
+    child = subprocess.run(
+        [sys.executable, "-m", "charrnn", "prepare", str(corpus), "--data-dir", str(tmp_path / "d")],
+        env=env,
+        preexec_fn=limit,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     lines = child.stderr.strip().splitlines()
     assert child.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: preparing"), child.stderr
     assert "File too large" in lines[0] and leftovers(tmp_path / "d") == []
@@ -353,8 +386,9 @@ def test_a_link_to_a_regular_file_is_a_fine_corpus(tmp_path: Path, corpus: Path)
 
 
 @pytest.mark.parametrize("case", ["below a file", "a file", "full disk", "read-only", "named pipe", "device"])
-def test_prepare_through_the_cli_gives_one_error_line(runner, corpus: Path, tmp_path: Path, monkeypatch,
-                                                      case: str) -> None:
+def test_prepare_through_the_cli_gives_one_error_line(
+    runner, corpus: Path, tmp_path: Path, monkeypatch, case: str
+) -> None:
     data, source = tmp_path / "data", str(corpus)
     if case == "below a file":
         (tmp_path / "blocker").write_text("x")
@@ -374,9 +408,14 @@ def test_prepare_through_the_cli_gives_one_error_line(runner, corpus: Path, tmp_
         source = str(tmp_path / "pipe")
     else:
         source = "/dev/zero"
-    expected = {"below a file": "needs a folder", "a file": "needs a folder", "full disk": "free some disk space",
-                "read-only": "the file system is read-only: choose a writable folder",
-                "named pipe": "(a named pipe)", "device": "(a device)"}[case]
+    expected = {
+        "below a file": "needs a folder",
+        "a file": "needs a folder",
+        "full disk": "free some disk space",
+        "read-only": "the file system is read-only: choose a writable folder",
+        "named pipe": "(a named pipe)",
+        "device": "(a device)",
+    }[case]
     with no_hang():
         one_line_error(runner.invoke(app, ["prepare", source, "--data-dir", str(data)]), expected)
 

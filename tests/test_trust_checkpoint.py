@@ -25,14 +25,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from charrnn.sample import numpy_engine as npsample
 from charrnn.checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint
 from charrnn.cli import app
 from charrnn.config import MODELS, ModelConfig, SampleConfig, TrainConfig, from_dict
+from charrnn.data.vocab import Vocab, build_vocab
 from charrnn.errors import CharRNNError
 from charrnn.limits import TooLargeError, check_memory, parameter_count
 from charrnn.models.charrnn import CharRNN, count_parameters
-from charrnn.data.vocab import Vocab, build_vocab
+from charrnn.sample import numpy_engine as npsample
 
 VOCAB = build_vocab("abcdefgh \n")
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -47,11 +47,29 @@ def real_checkpoint(path: Path, kind: str = "lstm", layers: int = 1, hidden: int
     logits, state = model(torch.randint(0, len(VOCAB), (2, 5)), model.init_state(2))
     logits.sum().backward()
     optimizer.step()
-    progress = {"step": 1, "epoch": 0, "cursor": 1, "elapsed": 0.5, "best_val": math.inf, "last_val": 2.0,
-                "skipped": 0, "lr_scale": 1.0, "spent": 0.1}
+    progress = {
+        "step": 1,
+        "epoch": 0,
+        "cursor": 1,
+        "elapsed": 0.5,
+        "best_val": math.inf,
+        "last_val": 2.0,
+        "skipped": 0,
+        "lr_scale": 1.0,
+        "spent": 0.1,
+    }
     corpus = {"path": "/tmp/c.txt", "sha256": "0" * 64, "encoding": "utf-8", "chars": 100}
-    ckpt = Checkpoint(cfg, TrainConfig(), VOCAB, model.state_dict(), optimizer.state_dict(), progress,
-                      tuple(s.detach() for s in state), {"torch": torch.get_rng_state()}, corpus)
+    ckpt = Checkpoint(
+        cfg,
+        TrainConfig(),
+        VOCAB,
+        model.state_dict(),
+        optimizer.state_dict(),
+        progress,
+        tuple(s.detach() for s in state),
+        {"torch": torch.get_rng_state()},
+        corpus,
+    )
     save_checkpoint(ckpt, path)
     return ckpt
 
@@ -80,14 +98,25 @@ def assert_only_charrnn_errors(path: Path) -> None:
 
 
 def _tensor(kind: str) -> torch.Tensor:
-    return {"int": torch.arange(6), "f64": torch.ones(2, 3, dtype=torch.float64), "nan": torch.full((2, 3), math.nan),
-            "scalar": torch.tensor(1.0), "empty": torch.zeros(0, 8), "bytes": torch.zeros(7, dtype=torch.uint8),
-            "wide": torch.zeros(10, 9)}[kind]
+    return {
+        "int": torch.arange(6),
+        "f64": torch.ones(2, 3, dtype=torch.float64),
+        "nan": torch.full((2, 3), math.nan),
+        "scalar": torch.tensor(1.0),
+        "empty": torch.zeros(0, 8),
+        "bytes": torch.zeros(7, dtype=torch.uint8),
+        "wide": torch.zeros(10, 9),
+    }[kind]
 
 
 WEIRD = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.sampled_from([0, -1, 10**6, 2**20, 2**62, 2**63]),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=4), st.lists(st.integers(-2, 2), max_size=3),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([0, -1, 10**6, 2**20, 2**62, 2**63]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=4),
+    st.lists(st.integers(-2, 2), max_size=3),
     st.dictionaries(st.text(max_size=3), st.integers(-2, 2), max_size=2),
     st.sampled_from(["int", "f64", "nan", "scalar", "empty", "bytes", "wide"]).map(_tensor),
     st.lists(st.sampled_from(["nan", "wide", "f64"]).map(_tensor), max_size=3),
@@ -129,7 +158,9 @@ def _mutate(payload: dict, path: tuple, how: str, value: Any) -> dict:
     return payload
 
 
-mutations = st.tuples(st.integers(0, 10**6), st.sampled_from(["replace", "replace", "delete", "extra", "rename"]), WEIRD)
+mutations = st.tuples(
+    st.integers(0, 10**6), st.sampled_from(["replace", "replace", "delete", "extra", "rename"]), WEIRD
+)
 
 
 @FUZZ
@@ -240,8 +271,13 @@ def write_pt(path: Path, payload: Any, storages: list[_Storage], names: tuple[st
 
 
 def crafted_payload(model: dict[str, _Record], cfg: ModelConfig) -> dict:
-    return {"format": 1, "model_config": dataclasses.asdict(cfg), "train_config": dataclasses.asdict(TrainConfig()),
-            "vocab": VOCAB.to_dict(), "model": model}
+    return {
+        "format": 1,
+        "model_config": dataclasses.asdict(cfg),
+        "train_config": dataclasses.asdict(TrainConfig()),
+        "vocab": VOCAB.to_dict(),
+        "model": model,
+    }
 
 
 def small_model(cfg: ModelConfig) -> tuple[dict[str, _Record], list[_Storage]]:
@@ -312,8 +348,15 @@ def _run_limited(args: list[str], tmp_path: Path) -> tuple[subprocess.CompletedP
     limit = int(1.5e9)
     env = {**os.environ, "CHARRNN_RUNS_DIR": str(tmp_path / "runs"), "CHARRNN_DATA_DIR": str(tmp_path / "data")}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "charrnn", *args], check=False, capture_output=True, text=True,
-                          env=env, timeout=120, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "charrnn", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)),
+    )
     return proc, time.perf_counter() - start
 
 
@@ -395,17 +438,36 @@ def test_memory_refusals_say_how_much_and_what_to_do() -> None:
 # Field types and ranges
 
 
-@pytest.mark.parametrize("field,value", [("hidden_size", "512"), ("hidden_size", [512]), ("hidden_size", 512.0),
-                                         ("hidden_size", True), ("dropout", "0.1"), ("dropout", math.nan),
-                                         ("model", 3), ("embed_size", None)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("hidden_size", "512"),
+        ("hidden_size", [512]),
+        ("hidden_size", 512.0),
+        ("hidden_size", True),
+        ("dropout", "0.1"),
+        ("dropout", math.nan),
+        ("model", 3),
+        ("embed_size", None),
+    ],
+)
 def test_config_values_of_the_wrong_type_are_named(field: str, value: Any) -> None:
     with pytest.raises(CharRNNError, match=f"field ModelConfig.{field} must be"):
         from_dict(ModelConfig, {"vocab_size": 5, field: value}, 1)
 
 
-@pytest.mark.parametrize("settings_", [{"epochs": math.inf}, {"epochs": 1e308}, {"lr": math.inf},
-                                       {"time_budget": math.inf}, {"grad_clip": math.nan}, {"max_steps": 2**62},
-                                       {"batch_size": 2**40}])
+@pytest.mark.parametrize(
+    "settings_",
+    [
+        {"epochs": math.inf},
+        {"epochs": 1e308},
+        {"lr": math.inf},
+        {"time_budget": math.inf},
+        {"grad_clip": math.nan},
+        {"max_steps": 2**62},
+        {"batch_size": 2**40},
+    ],
+)
 def test_train_settings_must_be_finite_and_sane(settings_: dict) -> None:
     with pytest.raises(CharRNNError):
         TrainConfig(**settings_)
@@ -417,9 +479,18 @@ def test_sample_seed_must_fit_numpy() -> None:
     assert SampleConfig(seed=2**63 - 1).seed == 2**63 - 1
 
 
-@pytest.mark.parametrize("data", [["abc"], {"chars": ["a", "b"]}, {"chars": "aab"}, {"chars": ""},
-                                  {"chars": "ab", "byte_level": 1}, {"chars": "\u0100", "byte_level": True},
-                                  {"chars": "ab", "more": 1}])
+@pytest.mark.parametrize(
+    "data",
+    [
+        ["abc"],
+        {"chars": ["a", "b"]},
+        {"chars": "aab"},
+        {"chars": ""},
+        {"chars": "ab", "byte_level": 1},
+        {"chars": "\u0100", "byte_level": True},
+        {"chars": "ab", "more": 1},
+    ],
+)
 def test_a_damaged_vocabulary_is_refused(data: Any) -> None:
     with pytest.raises(CharRNNError, match="vocabulary is damaged"):
         Vocab.from_dict(data)

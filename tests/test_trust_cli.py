@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TRAIN, make_text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_cli import one_line_error
 from typer.testing import CliRunner
 
 from charrnn.checkpoint import Checkpoint, save_checkpoint
 from charrnn.cli import app
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.models.charrnn import CharRNN
 from charrnn.data.vocab import build_vocab
-from conftest import TINY_TRAIN, make_text
-from test_cli import one_line_error
+from charrnn.models.charrnn import CharRNN
 
 ROUNDS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -45,8 +45,9 @@ def pristine(tmp_path_factory) -> Path:
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        result = CliRunner().invoke(app, ["train", "c.txt", "--name", "r", "--max-steps", "12", "--no-auto",
-                                          "--log-every", "2", *TINY_TRAIN])
+        result = CliRunner().invoke(
+            app, ["train", "c.txt", "--name", "r", "--max-steps", "12", "--no-auto", "--log-every", "2", *TINY_TRAIN]
+        )
     finally:
         os.chdir(cwd)
     assert result.exit_code == 0, result.output
@@ -54,10 +55,12 @@ def pristine(tmp_path_factory) -> Path:
 
 
 def _json_values():
-    leaves = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(), st.text(max_size=8))
-    return st.recursive(leaves, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                         st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                        max_leaves=8)
+    leaves = st.one_of(st.none(), st.booleans(), st.integers(-(10**20), 10**20), st.floats(), st.text(max_size=8))
+    return st.recursive(
+        leaves,
+        lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+        max_leaves=8,
+    )
 
 
 @st.composite
@@ -65,10 +68,13 @@ def metrics_line(draw) -> str:
     """One metrics line: a plausible event with odd values, any JSON value, or raw bytes as text."""
     kind = draw(st.integers(0, 2))
     if kind == 0:
-        value = {"event": draw(st.sampled_from(["train", "eval", "start", "end"])),
-                 "step": draw(st.one_of(st.integers(-5, 10**30), st.floats(), st.text(max_size=4), st.none())),
-                 "train_loss": draw(st.one_of(st.floats(), st.text(max_size=3))),
-                 "val_loss": draw(st.one_of(st.floats(), st.none())), "time": draw(st.floats())}
+        value = {
+            "event": draw(st.sampled_from(["train", "eval", "start", "end"])),
+            "step": draw(st.one_of(st.integers(-5, 10**30), st.floats(), st.text(max_size=4), st.none())),
+            "train_loss": draw(st.one_of(st.floats(), st.text(max_size=3))),
+            "val_loss": draw(st.one_of(st.floats(), st.none())),
+            "time": draw(st.floats()),
+        }
         return json.dumps(value)
     if kind == 1:
         return json.dumps(draw(_json_values()))
@@ -80,8 +86,13 @@ def damage(draw) -> list[tuple[str, str, object]]:
     """A list of (file, how, data) changes to make to a run folder."""
     changes = []
     if draw(st.booleans()):
-        changes.append(("config.json", "bytes", draw(st.one_of(
-            st.binary(max_size=40), _json_values().map(lambda v: json.dumps(v).encode())))))
+        changes.append(
+            (
+                "config.json",
+                "bytes",
+                draw(st.one_of(st.binary(max_size=40), _json_values().map(lambda v: json.dumps(v).encode()))),
+            )
+        )
     if draw(st.booleans()):
         lines = draw(st.lists(metrics_line(), max_size=6))
         changes.append(("metrics.jsonl", "append", "\n".join(lines).encode("utf-8", "surrogatepass")))
@@ -107,14 +118,21 @@ def apply(run: Path, outside: Path, changes: list[tuple[str, str, object]]) -> N
             if how == "truncate":
                 path.write_bytes(raw[:at])
             elif how == "flip":
-                path.write_bytes(raw[:at] + bytes([raw[at] ^ 0xFF]) + raw[at + 1:] if raw else b"")
+                path.write_bytes(raw[:at] + bytes([raw[at] ^ 0xFF]) + raw[at + 1 :] if raw else b"")
             elif how == "link":
                 path.symlink_to(outside)
 
 
-COMMANDS = [["runs"], ["runs", "--check"], ["info", "r"], ["curves", "r"], ["sample", "r", "--length", "5", "--seed", "1"],
-            ["sample", "r", "--length", "5", "--seed", "1", "--engine", "torch"],
-            ["eval", "r", "c.txt", "--json"], ["train", "--resume", "r", "--max-steps", "14", "--quiet"]]
+COMMANDS = [
+    ["runs"],
+    ["runs", "--check"],
+    ["info", "r"],
+    ["curves", "r"],
+    ["sample", "r", "--length", "5", "--seed", "1"],
+    ["sample", "r", "--length", "5", "--seed", "1", "--engine", "torch"],
+    ["eval", "r", "c.txt", "--json"],
+    ["train", "--resume", "r", "--max-steps", "14", "--quiet"],
+]
 
 
 @ROUNDS
@@ -173,16 +191,21 @@ def test_sampling_non_finite_weights_warns(nan_run: Path) -> None:
 def test_the_readme_stop_example_ends_at_a_blank_line(trained: str, runner) -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert '--stop "\\n\\n"' in readme  # the shell passes the two backslash pairs through as written
-    result = runner.invoke(app, ["sample", trained, "--length", "2000", "--seed", "2", "--stop", "\\n\\n",
-                                 "--temp", "1.5"])
+    result = runner.invoke(
+        app, ["sample", trained, "--length", "2000", "--seed", "2", "--stop", "\\n\\n", "--temp", "1.5"]
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.endswith("\n\n\n") and result.stdout.count("\n\n") == 1  # stopped: text + the final newline
 
 
 def test_a_stdout_that_cannot_encode_the_text_gets_escapes_and_one_warning(trained: str, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONIOENCODING": "ascii", "CHARRNN_RUNS_DIR": str(tmp_path / "checkpoints")}
-    child = subprocess.run([sys.executable, "-m", "charrnn", "sample", trained, "--length", "400", "--seed", "1",
-                            "--prime", "café"], env=env, capture_output=True, timeout=60)
+    child = subprocess.run(
+        [sys.executable, "-m", "charrnn", "sample", trained, "--length", "400", "--seed", "1", "--prime", "café"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
     assert child.returncode == 0, child.stderr
     assert child.stdout.isascii() and b"caf\\xe9" in child.stdout
     assert child.stderr.decode().startswith("warning: standard output (ascii) cannot write")
@@ -202,7 +225,8 @@ def test_an_impossible_epoch_count_is_one_error_line(runner, corpus: Path, epoch
 
 
 def test_a_model_larger_than_memory_is_refused_before_allocating(runner, corpus: Path) -> None:
-    result = runner.invoke(app, ["train", str(corpus), "--no-auto", "--hidden", "1000000", "--max-steps", "1",
-                                 "--quiet"])
+    result = runner.invoke(
+        app, ["train", str(corpus), "--no-auto", "--hidden", "1000000", "--max-steps", "1", "--quiet"]
+    )
     one_line_error(result, "memory")
     assert "GB" in result.stderr

@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY_TRAIN
+from test_cli import one_line_error
+from test_reliability import _tiny_setup
 
 from charrnn import files as files_mod
 from charrnn.checkpoint import load_checkpoint
@@ -22,14 +25,12 @@ from charrnn.cli import app
 from charrnn.errors import CharRNNError
 from charrnn.rundir import RunLock, RunPaths, read_metrics
 from charrnn.training.loop import Trainer
-from conftest import TINY_TRAIN
-from test_cli import one_line_error
-from test_reliability import _tiny_setup
 
 
 def train_steps(runner, corpus: Path, name: str, steps: int, *extra: str):
-    return runner.invoke(app, ["train", str(corpus), "--name", name, "--max-steps", str(steps), "--no-auto",
-                               *TINY_TRAIN, *extra])
+    return runner.invoke(
+        app, ["train", str(corpus), "--name", name, "--max-steps", str(steps), "--no-auto", *TINY_TRAIN, *extra]
+    )
 
 
 def logged_train_steps(run: Path) -> list[int]:
@@ -37,8 +38,12 @@ def logged_train_steps(run: Path) -> list[int]:
 
 
 def child_env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "CHARRNN_RUNS_DIR": str(tmp_path / "checkpoints"),
-            "CHARRNN_DATA_DIR": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "CHARRNN_RUNS_DIR": str(tmp_path / "checkpoints"),
+        "CHARRNN_DATA_DIR": str(tmp_path / "data"),
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 # -- the lock ------------------------------------------------------------------------------
@@ -46,10 +51,25 @@ def child_env(tmp_path: Path) -> dict[str, str]:
 
 def test_two_resumes_started_together_lose_no_step(runner, corpus: Path, tmp_path: Path) -> None:
     assert train_steps(runner, corpus, "r", 10, "--log-every", "1").exit_code == 0
-    cmd = [sys.executable, "-m", "charrnn", "train", "--resume", "r", "--max-steps", "60", "--log-every", "1",
-           "--quiet"]
-    procs = [subprocess.Popen(cmd, env=child_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "charrnn",
+        "train",
+        "--resume",
+        "r",
+        "--max-steps",
+        "60",
+        "--log-every",
+        "1",
+        "--quiet",
+    ]
+    procs = [
+        subprocess.Popen(
+            cmd, env=child_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outcomes = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
     for code, stderr in outcomes:
         assert code == 0 or (code == 1 and "is being trained by pid" in stderr), stderr
@@ -65,8 +85,14 @@ def test_the_lock_is_taken_before_the_checkpoint_is_read(runner, corpus: Path, t
     with RunLock(run):
         lock_path = run.dir / ".lock"
         assert lock_path.read_text().strip() == str(os.getpid())
-        child = subprocess.run([sys.executable, "-m", "charrnn", "train", "--resume", "r", "--max-steps", "5"],
-                               env=child_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        child = subprocess.run(
+            [sys.executable, "-m", "charrnn", "train", "--resume", "r", "--max-steps", "5"],
+            env=child_env(tmp_path),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert child.returncode == 1 and "is being trained by pid" in child.stderr, child.stderr
 
 
@@ -144,8 +170,9 @@ def test_a_kill_during_a_rewrite_leaves_the_old_or_the_new_file(tmp_path: Path) 
     run = tmp_path / "r"
     run.mkdir()
     steps = 20_000
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"event": "train", "step": s, "train_loss": 1.0}) + "\n"
-                                               for s in range(1, steps + 1)))
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps({"event": "train", "step": s, "train_loss": 1.0}) + "\n" for s in range(1, steps + 1))
+    )
     rng = random.Random(3)
     for _ in range(4):
         proc = subprocess.Popen([sys.executable, "-c", _REWRITER, str(run), str(steps)], stdout=subprocess.PIPE)
@@ -164,8 +191,9 @@ def test_a_kill_during_a_rewrite_leaves_the_old_or_the_new_file(tmp_path: Path) 
 
 
 def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_its_name_free(runner, corpus: Path) -> None:
-    result = runner.invoke(app, ["train", str(corpus), "--name", "x", "--max-steps", "2", "--no-auto",
-                                 "--batch-size", "100000", "--quiet"])
+    result = runner.invoke(
+        app, ["train", str(corpus), "--name", "x", "--max-steps", "2", "--no-auto", "--batch-size", "100000", "--quiet"]
+    )
     one_line_error(result, "too short")
     assert not Path("checkpoints/x").exists()
     assert train_steps(runner, corpus, "x", 2).exit_code == 0
@@ -197,8 +225,9 @@ def test_a_full_disk_on_a_new_run_is_one_error_line_and_no_folder(runner, corpus
 def test_a_runs_folder_that_cannot_be_a_folder_is_one_error_line(runner, corpus: Path, where: str) -> None:
     Path("blocker").write_text("a file\n")
     runs_dir = "blocker" if where == "runs dir is a file" else "blocker/runs"
-    result = runner.invoke(app, ["train", str(corpus), "--name", "x", "--max-steps", "2", "--no-auto",
-                                 *TINY_TRAIN, "--runs-dir", runs_dir])
+    result = runner.invoke(
+        app, ["train", str(corpus), "--name", "x", "--max-steps", "2", "--no-auto", *TINY_TRAIN, "--runs-dir", runs_dir]
+    )
     one_line_error(result, "blocker")
     assert Path("blocker").read_text() == "a file\n"
 
@@ -212,8 +241,10 @@ def test_listing_commands_show_damaged_runs_and_go_on(runner, corpus: Path) -> N
     bad = Path("checkpoints/bad")
     (bad / "config.json").write_text("[1, 2, 3]")
     with open(bad / "metrics.jsonl", "ab") as f:
-        f.write(b'\xff\xfe not utf-8\n{"event": "train", "step": "ten", "train_loss": 1}\n'
-                b'{"event": "eval", "step": 1e999, "val_loss": 1e999}\n[1]\n"text"\n')
+        f.write(
+            b'\xff\xfe not utf-8\n{"event": "train", "step": "ten", "train_loss": 1}\n'
+            b'{"event": "eval", "step": 1e999, "val_loss": 1e999}\n[1]\n"text"\n'
+        )
     result = runner.invoke(app, ["runs"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "good" in result.stdout and "bad" in result.stdout and "config.json damaged" in result.stdout

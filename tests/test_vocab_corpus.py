@@ -5,8 +5,8 @@ import pytest
 
 from charrnn.data import corpus as corpus_mod
 from charrnn.data.corpus import prepare, read_text, split
-from charrnn.errors import CharRNNError
 from charrnn.data.vocab import Vocab, build_vocab, token_dtype
+from charrnn.errors import CharRNNError
 
 
 def random_unicode(n: int, seed: int) -> str:

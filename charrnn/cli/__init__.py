@@ -43,15 +43,29 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _options(
-    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                          help="Show the charrnn, torch and Python versions and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Show the charrnn, torch and Python versions and exit.",
+        ),
+    ] = False,
 ) -> None:
     pass
 
 
 for _name, _command in {
-    "prepare": train.prepare, "train": train.train, "sample": sample.sample, "eval": sample.evaluate_cmd,
-    "runs": runs.runs, "info": runs.info, "curves": runs.curves_cmd, "plot": runs.plot_cmd, **neurons.COMMANDS,
+    "prepare": train.prepare,
+    "train": train.train,
+    "sample": sample.sample,
+    "eval": sample.evaluate_cmd,
+    "runs": runs.runs,
+    "info": runs.info,
+    "curves": runs.curves_cmd,
+    "plot": runs.plot_cmd,
+    **neurons.COMMANDS,
 }.items():
     app.command(_name, cls=PanelCommand)(handle_errors(_command))
 

@@ -28,11 +28,18 @@ LN2 = math.log(2)
 
 # Options shared by several commands, declared once.
 RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Folder holding run folders.", envvar="CHARRNN_RUNS_DIR")]
-DataDir = Annotated[Path, typer.Option("--data-dir", help="Folder for corpora and the prepared-data cache.", envvar="CHARRNN_DATA_DIR")]
+DataDir = Annotated[
+    Path, typer.Option("--data-dir", help="Folder for corpora and the prepared-data cache.", envvar="CHARRNN_DATA_DIR")
+]
 Device = Annotated[DeviceName, typer.Option("--device", help="Where to compute; auto = cuda when present.")]
-Encoding = Annotated[str, typer.Option("--encoding", help="Text codec of the file, or 'bytes' for a byte-level vocabulary.")]
+Encoding = Annotated[
+    str, typer.Option("--encoding", help="Text codec of the file, or 'bytes' for a byte-level vocabulary.")
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
-RunArg = Annotated[Optional[str], typer.Argument(help="Run name, run folder or .pt file (default: the latest run).", show_default=False)]
+RunArg = Annotated[
+    Optional[str],
+    typer.Argument(help="Run name, run folder or .pt file (default: the latest run).", show_default=False),
+]
 
 
 # Option groups in help, in this order; options without one come last, under "Options".
@@ -90,8 +97,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
             fail(str(os_error(exc)))
         except MemoryError:
-            fail("out of memory: use a smaller model (--hidden, --layers) or --batch-size, "
-                 "or close other programs.")
+            fail("out of memory: use a smaller model (--hidden, --layers) or --batch-size, or close other programs.")
 
     return wrapper
 

@@ -41,9 +41,7 @@ NoColorOpt = Annotated[
         help="Print plain tab-separated tables (also when NO_COLOR is set or output is not a terminal).",
     ),
 ]
-UnknownOpt = Annotated[
-    Unknown, typer.Option("--unknown", help="Characters outside the vocabulary: error or skip.")
-]
+UnknownOpt = Annotated[Unknown, typer.Option("--unknown", help="Characters outside the vocabulary: error or skip.")]
 BatchSizeOpt = Annotated[
     int,
     typer.Option(
@@ -54,11 +52,11 @@ BatchSizeOpt = Annotated[
 ]
 ExportOpt = Annotated[
     Path | None,
-    typer.Option(
-        "--export", help="Also save every layer's activations per character to this .npz."
-    ),
+    typer.Option("--export", help="Also save every layer's activations per character to this .npz."),
 ]
-KindHelp = "Activation kind: cell, hidden, input, forget, output (LSTM); reset, update (GRU); feedback (gated-feedback)."
+KindHelp = (
+    "Activation kind: cell, hidden, input, forget, output (LSTM); reset, update (GRU); feedback (gated-feedback)."
+)
 
 
 def _console(no_color: bool) -> tuple["Console", bool]:
@@ -265,9 +263,7 @@ def view_cmd(
     max_chars: Annotated[
         int, typer.Option("--max-chars", min=1, help="Characters shown (and embedded) in the page.")
     ] = 1000,
-    predictions: Annotated[
-        int, typer.Option("--predictions", min=0, help="Next-character guesses per position.")
-    ] = 5,
+    predictions: Annotated[int, typer.Option("--predictions", min=0, help="Next-character guesses per position.")] = 5,
     top: Annotated[int, typer.Option("--top", min=1, help="Units listed per feature.")] = 5,
     batch_size: BatchSizeOpt = 16,
     unknown: UnknownOpt = "error",

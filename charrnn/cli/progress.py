@@ -43,9 +43,12 @@ class TrainProgress:
                 self.postfix["val"] = f"{event['val_loss']:.3f}"
                 self.bar.set_postfix(self.postfix, refresh=True)
             else:
-                print(f"step {event['step']:,}  val {event['val_loss']:.4f} nats/char "
-                      f"({event['val_bpc']:.3f} bits/char)  elapsed {event['time']:.1f}s",
-                      file=self.stream, flush=True)
+                print(
+                    f"step {event['step']:,}  val {event['val_loss']:.4f} nats/char "
+                    f"({event['val_bpc']:.3f} bits/char)  elapsed {event['time']:.1f}s",
+                    file=self.stream,
+                    flush=True,
+                )
         elif kind == "validate" and event.get("final") and self.bar is not None and not self.final:
             self.final = True  # the loop is over: the bar is full, the final validation runs
             self.bar.update(self.bar.total - self.bar.n)
@@ -64,12 +67,18 @@ class TrainProgress:
 
         self.by_time = not self.total_steps
         if self.by_time:
-            self.bar = tqdm(total=100, unit="%", file=self.stream, dynamic_ncols=True,
-                            initial=min(100.0 * event["time"] / self.budget, 100.0),
-                            bar_format="{desc}{percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
+            self.bar = tqdm(
+                total=100,
+                unit="%",
+                file=self.stream,
+                dynamic_ncols=True,
+                initial=min(100.0 * event["time"] / self.budget, 100.0),
+                bar_format="{desc}{percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]",
+            )
         else:
-            self.bar = tqdm(total=self.total_steps, unit="step", file=self.stream, dynamic_ncols=True,
-                            initial=event["step"])
+            self.bar = tqdm(
+                total=self.total_steps, unit="step", file=self.stream, dynamic_ncols=True, initial=event["step"]
+            )
         self.bar.set_description("training")
 
     def _advance(self, event: dict) -> None:

@@ -24,7 +24,9 @@ from charrnn.errors import CharRNNError
 
 def runs(
     runs_dir: RunsDir = Path("checkpoints"),
-    check: Annotated[bool, typer.Option("--check", help="Load every checkpoint and report damaged ones (exit 1 if any).")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Load every checkpoint and report damaged ones (exit 1 if any).")
+    ] = False,
 ) -> None:
     """List runs, most recent first, with their disk usage."""
     from charrnn.rundir import checkpoint_files, disk_usage, last_written, list_runs
@@ -60,9 +62,15 @@ def runs(
         summary = _summary(r)
         kind = m.get("model") if isinstance(m.get("model"), str) else "?"
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(last_written(r)))
-        table.add_row(r.dir.name, kind + (f" ({damage})" if damage else ""),
-                      f"{_plain(m.get('num_layers'))}x{_plain(m.get('hidden_size'))}",
-                      str(summary["step"]), fmt_loss(summary["best_val"] / LN2), f"{disk_usage(r) / 1e6:.1f} MB", when)
+        table.add_row(
+            r.dir.name,
+            kind + (f" ({damage})" if damage else ""),
+            f"{_plain(m.get('num_layers'))}x{_plain(m.get('hidden_size'))}",
+            str(summary["step"]),
+            fmt_loss(summary["best_val"] / LN2),
+            f"{disk_usage(r) / 1e6:.1f} MB",
+            when,
+        )
     out.print(table)
 
 
@@ -112,8 +120,10 @@ def info(run: RunArg = None, runs_dir: RunsDir = Path("checkpoints")) -> None:
     table.add_row("vocabulary", f"{len(ckpt.vocab)} {'bytes' if ckpt.vocab.byte_level else 'characters'}")
     t = ckpt.train_config
     table.add_row("training", f"B={t.batch_size} T={t.seq_len} lr={t.lr} clip={t.grad_clip} seed={t.seed}")
-    table.add_row("progress", f"step {number(p, 'step', 0):,.0f}, epoch {number(p, 'epoch', 0):.0f}, "
-                              f"{number(p, 'elapsed', 0):.1f}s")
+    table.add_row(
+        "progress",
+        f"step {number(p, 'step', 0):,.0f}, epoch {number(p, 'epoch', 0):.0f}, {number(p, 'elapsed', 0):.1f}s",
+    )
     best = number(p, "best_val", math.inf)
     table.add_row("best val", f"{fmt_loss(best)} nats/char, {fmt_loss(best / LN2)} bits/char")
     table.add_row("corpus", escape(f"{ckpt.corpus.get('path', '?')} ({ckpt.corpus.get('chars', '?')} chars)"))
@@ -147,7 +157,9 @@ def _load_for_info(path: Path) -> tuple[Any, Path, str]:
 
 NoColor = Annotated[
     bool,
-    typer.Option("--no-color", help="Print a plain tab-separated table (also when NO_COLOR is set or output is not a terminal)."),
+    typer.Option(
+        "--no-color", help="Print a plain tab-separated table (also when NO_COLOR is set or output is not a terminal)."
+    ),
 ]
 
 
@@ -205,8 +217,10 @@ def show_curves(path: Path, console: Any, plain: bool = False, width: int = 60, 
     if last:
         console.print(f"last train loss {last.loss:.4f} at step {last.step} ({last.time:.0f} s)")
     if best:
-        console.print(f"best val loss {best.loss:.4f} ({best.loss / LN2:.3f} bits/char) at step {best.step},"
-                      f" {len(curves.val)} evaluations")
+        console.print(
+            f"best val loss {best.loss:.4f} ({best.loss / LN2:.3f} bits/char) at step {best.step},"
+            f" {len(curves.val)} evaluations"
+        )
     if curves.skipped:
         console.print(f"[yellow]{curves.skipped} damaged line(s) of {escape(str(path))} skipped[/]")
 

@@ -26,17 +26,32 @@ def sample(
     run: RunArg = None,
     temp: Annotated[float, typer.Option("--temp", "--temperature", help="Softmax temperature; 0 = greedy.")] = 0.8,
     top_k: Annotated[int, typer.Option(help="Keep only the K most likely characters; 0 = all.")] = 0,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling: keep the smallest set with this much probability.")] = 1.0,
+    top_p: Annotated[
+        float, typer.Option(help="Nucleus sampling: keep the smallest set with this much probability.")
+    ] = 1.0,
     length: Annotated[int, typer.Option("--length", "-n", help="New characters per sample.")] = 500,
     prime: Annotated[Optional[str], typer.Option(help="Text to start from (printed first).")] = None,
     prime_file: Annotated[Optional[str], typer.Option(help="Read the prime from a file; '-' = standard input.")] = None,
     seed: Annotated[Optional[int], typer.Option(min=0, max=2**63 - 1, help="Seed for repeatable samples.")] = None,
     num_samples: Annotated[int, typer.Option(help="Number of samples, separated by a blank line.")] = 1,
-    stop: Annotated[str, typer.Option(help="End a sample once it produces this string; \\n, \\t, \\r and \\\\ are read as newline, tab, return and backslash (--stop '\\n\\n' ends at a blank line).")] = "",
-    weights: Annotated[Weights, typer.Option(help="Weights for sampling (int8 on the NumPy engine needs charrnn[int8]).")] = "fp32",
-    engine: Annotated[Engine, typer.Option(help=(
-        "numpy steps lstm/gru/rnn runs with fp32 or int8 weights on the CPU "
-        "without loading torch (first character in under a second); auto uses it when it can."))] = "auto",
+    stop: Annotated[
+        str,
+        typer.Option(
+            help="End a sample once it produces this string; \\n, \\t, \\r and \\\\ are read as newline, tab, return and backslash (--stop '\\n\\n' ends at a blank line)."
+        ),
+    ] = "",
+    weights: Annotated[
+        Weights, typer.Option(help="Weights for sampling (int8 on the NumPy engine needs charrnn[int8]).")
+    ] = "fp32",
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            help=(
+                "numpy steps lstm/gru/rnn runs with fp32 or int8 weights on the CPU "
+                "without loading torch (first character in under a second); auto uses it when it can."
+            )
+        ),
+    ] = "auto",
     device: Device = "cpu",
     runs_dir: RunsDir = Path("checkpoints"),
 ) -> None:
@@ -50,8 +65,15 @@ def sample(
 
     from charrnn.config import SampleConfig
 
-    cfg = SampleConfig(temperature=temp, top_k=top_k, top_p=top_p, length=length,
-                       num_samples=num_samples, seed=seed, stop=unescape(stop))
+    cfg = SampleConfig(
+        temperature=temp,
+        top_k=top_k,
+        top_p=top_p,
+        length=length,
+        num_samples=num_samples,
+        seed=seed,
+        stop=unescape(stop),
+    )
     if prime is not None and prime_file is not None:
         raise CharRNNError("give --prime or --prime-file, not both.")
     from charrnn.data.corpus import read_text
@@ -72,7 +94,9 @@ def sample(
             if i:
                 writer.write("\n\n")
             writer.write(text)
-            sampler.generate(text, dataclasses.replace(cfg, seed=None if cfg.seed is None else cfg.seed + i), writer.write)
+            sampler.generate(
+                text, dataclasses.replace(cfg, seed=None if cfg.seed is None else cfg.seed + i), writer.write
+            )
         writer.write("\n")
         writer.flush()
     except BrokenPipeError:  # `| head` closed the pipe: stop quietly
@@ -101,9 +125,13 @@ def _encodable(ch: str, encoding: str) -> bool:
 def _warn_nonfinite(names: Any) -> None:
     """Say so when the weights being sampled hold NaN or infinity (the text will be junk)."""
     if names:
-        err.print(f"warning: the checkpoint has non-finite weights ({', '.join(names[:3])}): the text will be "
-                  "meaningless; resume or sample from an earlier checkpoint.", highlight=False, markup=False,
-                  soft_wrap=True)
+        err.print(
+            f"warning: the checkpoint has non-finite weights ({', '.join(names[:3])}): the text will be "
+            "meaningless; resume or sample from an earlier checkpoint.",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 class _StreamWriter:
@@ -123,9 +151,14 @@ class _StreamWriter:
                 unwritable = []
             if unwritable and hasattr(sys.stdout, "reconfigure"):
                 sys.stdout.reconfigure(errors="backslashreplace")
-                err.print(f"warning: standard output ({encoding}) cannot write {len(unwritable)} of the model's "
-                          "characters; they are written as backslash escapes (set PYTHONIOENCODING=utf-8 to see "
-                          "them).", highlight=False, markup=False, soft_wrap=True)
+                err.print(
+                    f"warning: standard output ({encoding}) cannot write {len(unwritable)} of the model's "
+                    "characters; they are written as backslash escapes (set PYTHONIOENCODING=utf-8 to see "
+                    "them).",
+                    highlight=False,
+                    markup=False,
+                    soft_wrap=True,
+                )
 
     def write(self, text: str) -> None:
         if self.byte_level:
@@ -146,15 +179,23 @@ def evaluate_cmd(
     run: Annotated[str, typer.Argument(help="Run name, run folder or .pt file.")],
     file: Annotated[str, typer.Argument(help="Text file to score ('-' = standard input), or a task (task:parity).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    lengths: Annotated[str, typer.Option(help="task:* only: example lengths to score, e.g. 10,20,50,100.")] = "5,10,20,50",
+    lengths: Annotated[
+        str, typer.Option(help="task:* only: example lengths to score, e.g. 10,20,50,100.")
+    ] = "5,10,20,50",
     examples: Annotated[int, typer.Option(help="task:* only: examples per length.")] = 500,
     seed: Annotated[int, typer.Option(help="task:* only: seed of the generated examples.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Parallel streams while scoring.")] = 32,
     seq_len: Annotated[int, typer.Option(help="Characters per chunk (state is carried across).")] = 256,
     weights: Annotated[Weights, typer.Option(help="Weights to score with.")] = "fp32",
-    engine: Annotated[Engine, typer.Option(help=(
-        "The engine `charrnn sample` would use. auto scores int8 on the NumPy "
-        "engine's step where it runs (lstm/gru/rnn, numba installed), everything else with torch."))] = "auto",
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            help=(
+                "The engine `charrnn sample` would use. auto scores int8 on the NumPy "
+                "engine's step where it runs (lstm/gru/rnn, numba installed), everything else with torch."
+            )
+        ),
+    ] = "auto",
     device: Device = "auto",
     runs_dir: RunsDir = Path("checkpoints"),
 ) -> None:
@@ -181,9 +222,17 @@ def evaluate_cmd(
     used = f"{sampler.engine}, {weights}"
     t0 = time.perf_counter()
     nats = sampler.score(tokens, batch_size, seq_len)
-    result = {"checkpoint": str(path), "file": file, "chars": int(len(tokens)), "weights": weights, "engine": used,
-              "nats_per_char": nats, "bits_per_char": nats / LN2, "perplexity": math.exp(nats),
-              "seconds": time.perf_counter() - t0}
+    result = {
+        "checkpoint": str(path),
+        "file": file,
+        "chars": int(len(tokens)),
+        "weights": weights,
+        "engine": used,
+        "nats_per_char": nats,
+        "bits_per_char": nats / LN2,
+        "perplexity": math.exp(nats),
+        "seconds": time.perf_counter() - t0,
+    }
     if as_json:
         out.print_json(to_json(result))
         return
@@ -215,10 +264,21 @@ def _eval_task(ckpt: Any, path: Path, task: str, lengths: str, examples: int, se
     chance = majority_baseline(task, sizes, examples, seed)
     if as_json:
         rows = [{"length": n, "accuracy": accuracy[n], "majority": chance[n]} for n in sizes]
-        out.print_json(to_json({"checkpoint": str(path), "task": task, "model": ckpt.model_config.model,
-                                 "examples": examples, "results": rows}))
+        out.print_json(
+            to_json(
+                {
+                    "checkpoint": str(path),
+                    "task": task,
+                    "model": ckpt.model_config.model,
+                    "examples": examples,
+                    "results": rows,
+                }
+            )
+        )
         return
-    table = Table(title=f"{task}: {ckpt.model_config.model} {ckpt.model_config.num_layers}x{ckpt.model_config.hidden_size}")
+    table = Table(
+        title=f"{task}: {ckpt.model_config.model} {ckpt.model_config.num_layers}x{ckpt.model_config.hidden_size}"
+    )
     for col in ("length", "accuracy", "majority guess"):
         table.add_column(col, justify="right")
     for n in sizes:

@@ -40,9 +40,9 @@ from typing import BinaryIO
 
 import numpy as np
 
+from charrnn.data.vocab import Vocab, token_dtype
 from charrnn.errors import CharRNNError
 from charrnn.files import atomic_write_text, fsync_dir, open_nofollow
-from charrnn.data.vocab import Vocab, token_dtype
 
 CHECK_IDS = 1 << 24  # ids per slice while checking them (bounds the transient memory, 16 MB as uint8)
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a planted pipe never hangs
@@ -60,8 +60,9 @@ def folder_for(data_dir: Path, sha: str, encoding: str, fixed: Vocab | None) -> 
     return data_dir / "cache" / key
 
 
-def open_or_build(folder: Path, vocab: Vocab, count: int,
-                  build: Callable[[Path], None]) -> tuple[np.memmap, tuple[str, ...]]:
+def open_or_build(
+    folder: Path, vocab: Vocab, count: int, build: Callable[[Path], None]
+) -> tuple[np.memmap, tuple[str, ...]]:
     """The checked tokens of `folder`, calling build(folder) first when it is missing or
     damaged; the notes (one line each) say what was repaired."""
     sweep(folder.parent)
@@ -83,8 +84,10 @@ def open_or_build(folder: Path, vocab: Vocab, count: int,
         try:
             tokens = open_cache(folder, vocab, count)
         except Damaged as exc:
-            raise CharRNNError(f"the prepared-data cache '{folder}' is damaged right after it was written ({exc}): "
-                               "check the disk, then run the command again.")
+            raise CharRNNError(
+                f"the prepared-data cache '{folder}' is damaged right after it was written ({exc}): "
+                "check the disk, then run the command again."
+            )
         assert tokens is not None
         return tokens, notes
 
@@ -172,7 +175,7 @@ def _check_ids(tokens: np.ndarray, vocab_size: int) -> None:
     if vocab_size > np.iinfo(tokens.dtype).max:
         return  # the dtype holds no larger value
     for start in range(0, len(tokens), CHECK_IDS):
-        if int(tokens[start:start + CHECK_IDS].max()) >= vocab_size:
+        if int(tokens[start : start + CHECK_IDS].max()) >= vocab_size:
             raise Damaged("tokens.npy has ids outside the vocabulary")
 
 
@@ -235,8 +238,9 @@ def make_folder(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         blocker = next((p for p in (folder, *folder.parents) if os.path.lexists(p) and not p.is_dir()), folder)
-        raise CharRNNError(f"'{blocker}' is a file where charrnn needs a folder: move it away or pass "
-                           "another --data-dir.") from None
+        raise CharRNNError(
+            f"'{blocker}' is a file where charrnn needs a folder: move it away or pass another --data-dir."
+        ) from None
 
 
 def remove(path: Path) -> None:

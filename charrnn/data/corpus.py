@@ -27,9 +27,9 @@ from typing import BinaryIO
 import numpy as np
 
 from charrnn.data import cache
+from charrnn.data.vocab import Vocab, token_dtype, vocab_from_codepoints
 from charrnn.errors import CharRNNError
 from charrnn.files import os_error
-from charrnn.data.vocab import Vocab, token_dtype, vocab_from_codepoints
 
 CHUNK_BYTES = 2 << 20  # bytes read per chunk while preparing (bounds the transient memory)
 
@@ -204,8 +204,10 @@ def _decoder(encoding: str) -> codecs.IncrementalDecoder:
 
 def _undecodable(source: str, encoding: str, exc: UnicodeError, at: int, hint: str) -> CharRNNError:
     if isinstance(exc, UnicodeDecodeError):
-        return CharRNNError(f"{source} is not valid {encoding}: byte 0x{exc.object[exc.start]:02x} at offset {at} "
-                            f"cannot be decoded; {hint}")
+        return CharRNNError(
+            f"{source} is not valid {encoding}: byte 0x{exc.object[exc.start]:02x} at offset {at} "
+            f"cannot be decoded; {hint}"
+        )
     return CharRNNError(f"{source} is not valid {encoding} ({exc}); {hint}")  # no position, e.g. a missing BOM
 
 
@@ -226,8 +228,9 @@ def _codepoint_chunks(path: Path, encoding: str, on_bytes: Callable[[bytes], Non
                 text = decoder.decode(chunk, final=not chunk)
             except UnicodeError as exc:
                 at = offset - pending + getattr(exc, "start", 0)
-                raise _undecodable(f"'{path}'", encoding, exc, at, "pass --encoding latin-1 (or the file's codec) "
-                                   "or --encoding bytes.") from None
+                raise _undecodable(
+                    f"'{path}'", encoding, exc, at, "pass --encoding latin-1 (or the file's codec) or --encoding bytes."
+                ) from None
             offset += len(chunk)
             if text:
                 yield np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)

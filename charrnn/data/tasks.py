@@ -129,9 +129,7 @@ def probes(task: Task, length: int, n_examples: int, seed: int, context: int) ->
     return examples
 
 
-def majority_baseline(
-    task: str, lengths: list[int], n_examples: int, seed: int
-) -> dict[int, float]:
+def majority_baseline(task: str, lengths: list[int], n_examples: int, seed: int) -> dict[int, float]:
     """Accuracy of always answering the most frequent label, on label_accuracy's examples."""
     spec = lookup(task)
     result = {}

@@ -53,13 +53,17 @@ class Vocab:
         """The vocabulary stored by `to_dict`. Raises CharRNNError for anything else: a
         checkpoint or a cache file is untrusted input."""
         if not isinstance(data, dict) or set(data) - {"chars", "byte_level"}:
-            raise CharRNNError("the stored vocabulary is damaged: expected {chars, byte_level}; retrain or re-prepare the corpus.")
+            raise CharRNNError(
+                "the stored vocabulary is damaged: expected {chars, byte_level}; retrain or re-prepare the corpus."
+            )
         chars, byte_level = data.get("chars"), data.get("byte_level", False)
         if not isinstance(chars, str) or not isinstance(byte_level, bool):
             raise CharRNNError("the stored vocabulary is damaged: chars must be a string and byte_level true or false.")
         if not chars or len(set(chars)) != len(chars) or (byte_level and max(chars) > "\xff"):
-            raise CharRNNError("the stored vocabulary is damaged: its symbols must be distinct, at least one, "
-                               "and bytes (U+0000..U+00FF) when byte-level.")
+            raise CharRNNError(
+                "the stored vocabulary is damaged: its symbols must be distinct, at least one, "
+                "and bytes (U+0000..U+00FF) when byte-level."
+            )
         return cls(tuple(chars), byte_level)
 
 

@@ -239,9 +239,7 @@ class PeepholeLSTMStack(nn.Module):
                 x = self.drop(x)
             xw = torch.nn.functional.linear(x, layer.weight_ih, layer.bias)  # (B, T, 4H)
             with torch.jit.optimized_execution(False):
-                x, h, c, act = peephole_loop(
-                    xw, layer.weight_hh.t(), layer.peephole, state[0][i], state[1][i], record
-                )
+                x, h, c, act = peephole_loop(xw, layer.weight_hh.t(), layer.peephole, state[0][i], state[1][i], record)
             hs.append(h)
             cs.append(c)
             acts.append(act)
@@ -282,9 +280,7 @@ class GatedFeedbackStack(nn.Module):
         if L > 1:  # absent, not empty, for one layer: DDP rejects parameters without grads
             self.weight_in = nn.Parameter(torch.empty(L - 1, H, K))
         self.bias_in = nn.Parameter(torch.empty(L, K))
-        self.weight_rec = nn.Parameter(
-            torch.empty(L, H, _OWN_BLOCKS[self.kind] * H + L * H + L * L)
-        )
+        self.weight_rec = nn.Parameter(torch.empty(L, H, _OWN_BLOCKS[self.kind] * H + L * H + L * L))
         if self.kind == _GRU:
             self.bias_hn = nn.Parameter(torch.empty(L, H))
         _uniform_(list(self.parameters()), H)  # forget-gate bias included, as the fused LSTM
@@ -332,4 +328,3 @@ class GatedFeedbackStack(nn.Module):
         named = {name: acts[:, n].permute(1, 2, 0, 3) for n, name in enumerate(names)}
         named["feedback"] = gates.permute(1, 2, 0, 3)
         return out, new_state, named
-

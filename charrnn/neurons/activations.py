@@ -43,9 +43,7 @@ Acts = dict[str, Tensor]  # kind -> (L, B, T, U)
 State = tuple[Tensor, ...]
 
 
-def fused_layer_activations(
-    layer: nn.Module, x: Tensor, state: State
-) -> tuple[Tensor, State, dict[str, Tensor]]:
+def fused_layer_activations(layer: nn.Module, x: Tensor, state: State) -> tuple[Tensor, State, dict[str, Tensor]]:
     """Step one single-layer batch-first nn.LSTM / nn.GRU / nn.RNN by hand.
 
     x (B, T, In); state (h, c) for LSTM or (h,), each (B, H).
@@ -130,20 +128,14 @@ def activation_kinds(model: CharRNN) -> dict[str, int]:
     return {kind: int(value.shape[-1]) for kind, value in acts.items()}
 
 
-def check_selection(
-    kinds: dict[str, int], num_layers: int, layer: int, kind: str, unit: int
-) -> None:
+def check_selection(kinds: dict[str, int], num_layers: int, layer: int, kind: str, unit: int) -> None:
     """Raise CharRNNError if (layer, kind, unit) does not exist in a model with these kinds."""
     if kind not in kinds:
         raise CharRNNError(f"this model has no '{kind}' activations: choose {', '.join(kinds)}.")
     if not 0 <= layer < num_layers:
-        raise CharRNNError(
-            f"layer {layer} is out of range: the model has layers 0-{num_layers - 1}."
-        )
+        raise CharRNNError(f"layer {layer} is out of range: the model has layers 0-{num_layers - 1}.")
     if not 0 <= unit < kinds[kind]:
-        raise CharRNNError(
-            f"unit {unit} is out of range: '{kind}' has units 0-{kinds[kind] - 1} per layer."
-        )
+        raise CharRNNError(f"unit {unit} is out of range: '{kind}' has units 0-{kinds[kind] - 1} per layer.")
 
 
 def encode_text(text: str, vocab: Vocab, unknown: Unknown = "error") -> tuple[str, np.ndarray]:
@@ -185,9 +177,7 @@ def plan_streams(n: int, batch_size: int, min_chars: int = MIN_STREAM_CHARS) -> 
     return max(1, min(batch_size, n // max(min_chars, 1)))
 
 
-def iter_chunks(
-    model: CharRNN, ids: np.ndarray, chunk_len: int = 256, streams: int = 1
-) -> Iterator[Chunk]:
+def iter_chunks(model: CharRNN, ids: np.ndarray, chunk_len: int = 256, streams: int = 1) -> Iterator[Chunk]:
     """Run ids (N,) through the model in chunks of chunk_len steps, state carried.
 
     With streams B > 1 the text is cut into B consecutive segments run side by
@@ -211,10 +201,7 @@ def iter_chunks(
             keep = pos < n
             yield Chunk(
                 pos=pos[keep],
-                acts={
-                    k: v.reshape(v.shape[0], -1, v.shape[-1]).numpy()[:, keep]
-                    for k, v in acts.items()
-                },
+                acts={k: v.reshape(v.shape[0], -1, v.shape[-1]).numpy()[:, keep] for k, v in acts.items()},
                 logits=logits.reshape(-1, logits.shape[-1]).numpy()[keep],
             )
 

@@ -121,9 +121,7 @@ def compute_feature(text: str, name: str) -> np.ndarray:
             raise CharRNNError("the feature 're:' needs a pattern, e.g. 're:[A-Z]+'.")
         return regex_feature(text, name[3:])
     if name not in FEATURES:
-        raise CharRNNError(
-            f"unknown feature '{name}': choose one of {', '.join(FEATURES)}, or 're:PATTERN'."
-        )
+        raise CharRNNError(f"unknown feature '{name}': choose one of {', '.join(FEATURES)}, or 're:PATTERN'.")
     return FEATURES[name](text)
 
 

@@ -1,4 +1,5 @@
-"""What the neuron commands compute, apart from how they draw it.
+"""What the neuron commands compute, apart from how they draw it. The file stays whole: the four
+reports share the text reading, selection checks and scales.
 
 One function per command turns a loaded checkpoint and a text into a report:
 `inspect_units` (one unit, or the K most varying, position by position),
@@ -97,8 +98,14 @@ def escape_field(ch: str) -> str:
     return {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}.get(ch, ch)
 
 
-def _run(model: CharRNN, ids: np.ndarray, consumers: list[Consumer], batch_size: int,
-         progress: Progress | None, streams: int | None = None) -> None:
+def _run(
+    model: CharRNN,
+    ids: np.ndarray,
+    consumers: list[Consumer],
+    batch_size: int,
+    progress: Progress | None,
+    streams: int | None = None,
+) -> None:
     n = len(ids)
     run_text(
         model, ids, consumers,
@@ -118,9 +125,17 @@ class InspectReport:
     recorder: Recorder  # every kind, for --export
 
 
-def inspect_units(ckpt: Checkpoint, model: CharRNN, raw: str, layer: int | None = None,
-                  unit: int | None = None, kind: UnitKind | None = None, top_units: int = 0,
-                  predictions: int = 0, unknown: Unknown = "error") -> InspectReport:
+def inspect_units(
+    ckpt: Checkpoint,
+    model: CharRNN,
+    raw: str,
+    layer: int | None = None,
+    unit: int | None = None,
+    kind: UnitKind | None = None,
+    top_units: int = 0,
+    predictions: int = 0,
+    unknown: Unknown = "error",
+) -> InspectReport:
     """One unit's activation over `raw` (by default the last layer's most varying unit), or the
     `top_units` most varying units (of every layer unless `layer` names one).
 
@@ -171,10 +186,19 @@ class CellsReport:
     excerpt: np.ndarray  # (M,) the best unit's values from `start` on; empty with no scores
 
 
-def scan_cells(ckpt: Checkpoint, model: CharRNN, raw: str, feature: str = "inside-quotes",
-               top: int = 10, kind: UnitKind | None = None, excerpt: int = 400,
-               batch_size: int = 16, unknown: Unknown = "error", export: Path | None = None,
-               progress: Progress | None = None) -> CellsReport:
+def scan_cells(
+    ckpt: Checkpoint,
+    model: CharRNN,
+    raw: str,
+    feature: str = "inside-quotes",
+    top: int = 10,
+    kind: UnitKind | None = None,
+    excerpt: int = 400,
+    batch_size: int = 16,
+    unknown: Unknown = "error",
+    export: Path | None = None,
+    progress: Progress | None = None,
+) -> CellsReport:
     """Rank the units of every layer (of `kind`, or of every kind) by Pearson r with `feature`.
 
     The excerpt starts a little before the feature first changes. With `export`, every kind's
@@ -219,8 +243,14 @@ def cells_rows(scores: list[UnitScore]) -> list[list[str]]:
     return rows
 
 
-def count_gates(ckpt: Checkpoint, model: CharRNN, raw: str, batch_size: int = 16,
-                unknown: Unknown = "error", progress: Progress | None = None) -> tuple[GateCounts, int]:
+def count_gates(
+    ckpt: Checkpoint,
+    model: CharRNN,
+    raw: str,
+    batch_size: int = 16,
+    unknown: Unknown = "error",
+    progress: Progress | None = None,
+) -> tuple[GateCounts, int]:
     """How often each gate unit is saturated over `raw`, and the characters read.
 
     Raises CharRNNError for a model without gates (rnn, gf-rnn has only feedback gates).
@@ -252,9 +282,19 @@ def gate_unit_rows(counts: GateCounts) -> list[list[str]]:
     return rows
 
 
-def build_page(ckpt: Checkpoint, model: CharRNN, run_dir: Path, raw: str, title: str,
-               max_chars: int = 1000, predictions: int = 5, top: int = 5, batch_size: int = 16,
-               unknown: Unknown = "error", progress: Progress | None = None) -> tuple[PageData, int]:
+def build_page(
+    ckpt: Checkpoint,
+    model: CharRNN,
+    run_dir: Path,
+    raw: str,
+    title: str,
+    max_chars: int = 1000,
+    predictions: int = 5,
+    top: int = 5,
+    batch_size: int = 16,
+    unknown: Unknown = "error",
+    progress: Progress | None = None,
+) -> tuple[PageData, int]:
     """The viewer's data over `raw`: the first `max_chars` characters with every activation and
     prediction, the `top` units per feature (and the two most varying per kind), gate
     saturation, and the run's curves when `run_dir` holds a readable metrics.jsonl.
@@ -276,9 +316,7 @@ def build_page(ckpt: Checkpoint, model: CharRNN, run_dir: Path, raw: str, title:
     streams = min(plan_streams(n, batch_size), max(1, n // shown))  # the shown text in one stream
     _run(model, ids, [scan, counts, recorder], batch_size, progress, streams=streams)
     rankings = {
-        name: rank_units(scan.correlations(i), top)
-        for i, name in enumerate(names)
-        if not scan.feature_is_constant(i)
+        name: rank_units(scan.correlations(i), top) for i, name in enumerate(names) if not scan.feature_is_constant(i)
     }
     variances = scan.variances()
     rankings["variance"] = [s for k in kinds for s in rank_units({k: variances[k]}, 2, by_abs=False)]

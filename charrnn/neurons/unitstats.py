@@ -76,9 +76,7 @@ class UnitScan:
     features (N, F) holds F features of the whole text (None for variance only).
     """
 
-    def __init__(
-        self, kinds: dict[str, int], num_layers: int, features: np.ndarray | None = None
-    ) -> None:
+    def __init__(self, kinds: dict[str, int], num_layers: int, features: np.ndarray | None = None) -> None:
         self.kinds = dict(kinds)
         self.num_layers = num_layers
         self.features = features

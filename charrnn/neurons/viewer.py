@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.neurons.activations import BOUNDED_KINDS
 from charrnn.curves import Curves
 from charrnn.errors import CharRNNError
+from charrnn.neurons.activations import BOUNDED_KINDS
 from charrnn.neurons.unitstats import UnitScore
 
 # Diverging scale: blue for negative, white at 0, red for positive (ColorBrewer RdBu ends).
@@ -137,8 +137,7 @@ def gate_scatter_svg(gates: dict[str, tuple[np.ndarray, np.ndarray]], size: int 
         )
     layers = next(iter(gates.values()))[0].shape[0]
     legend = " ".join(
-        f'<span style="color:{LAYER_COLOURS[i % len(LAYER_COLOURS)]}">● layer {i}</span>'
-        for i in range(layers)
+        f'<span style="color:{LAYER_COLOURS[i % len(LAYER_COLOURS)]}">● layer {i}</span>' for i in range(layers)
     )
     return "".join(panels) + f"<p>{legend}</p>"
 
@@ -159,22 +158,16 @@ def curves_svg(curves: Curves | None, width: int = 640, height: int = 240) -> st
         y = m / 2 + (l1 - loss) / (l1 - l0) * (height - 1.5 * m)
         return f"{x:.1f},{y:.1f}"
 
-    parts = [
-        f'<svg class="curves" width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
-    ]
+    parts = [f'<svg class="curves" width="{width}" height="{height}" viewBox="0 0 {width} {height}">']
     for i in range(5):
         loss = l0 + (l1 - l0) * i / 4
         y = xy(s0, loss).split(",")[1]
         parts.append(f'<line x1="{m}" x2="{width - m}" y1="{y}" y2="{y}" stroke="#eee"/>')
-        parts.append(
-            f'<text x="{m - 4}" y="{y}" font-size="11" text-anchor="end" dy="4">{loss:.3f}</text>'
-        )
+        parts.append(f'<text x="{m - 4}" y="{y}" font-size="11" text-anchor="end" dy="4">{loss:.3f}</text>')
     for series, colour, stroke in ((curves.train, "#8fb3d9", 1), (curves.val, "#d62728", 2.5)):
         if series:
             pts = " ".join(xy(p.step, p.loss) for p in series)
-            parts.append(
-                f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="{stroke}"/>'
-            )
+            parts.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="{stroke}"/>')
     base = height - m + 14
     parts.append(f'<text x="{m}" y="{base}" font-size="11">step {s0}</text>')
     parts.append(f'<text x="{width - m}" y="{base}" font-size="11" text-anchor="end">{s1}</text>')

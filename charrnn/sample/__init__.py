@@ -109,9 +109,7 @@ class Sampler:
         )
         self.nonfinite = list(ckpt.nonfinite)
 
-    def generate(
-        self, prime: str, cfg: SampleConfig, emit: Callable[[str], None] | None = None
-    ) -> str:
+    def generate(self, prime: str, cfg: SampleConfig, emit: Callable[[str], None] | None = None) -> str:
         """`cfg.length` new characters after `prime` (one sample: cfg.num_samples is the
         caller's loop), each passed to `emit` as it is drawn. Returns them, without the prime.
         Raises CharRNNError for characters outside the vocabulary."""
@@ -131,9 +129,7 @@ class Sampler:
 
         return generate(self._model, self.vocab, prime, cfg, emit, stepper=self._stepper)
 
-    def generate_samples(
-        self, prime: str, cfg: SampleConfig, emit: Callable[[str], None] | None = None
-    ) -> list[str]:
+    def generate_samples(self, prime: str, cfg: SampleConfig, emit: Callable[[str], None] | None = None) -> list[str]:
         """`cfg.num_samples` samples; the i-th uses seed cfg.seed + i (a fresh one if None)."""
         return [
             self.generate(
@@ -144,9 +140,7 @@ class Sampler:
             for i in range(cfg.num_samples)
         ]
 
-    def score(
-        self, text_or_ids: str | Sequence[int] | Any, batch_size: int = 32, seq_len: int = 256
-    ) -> float:
+    def score(self, text_or_ids: str | Sequence[int] | Any, batch_size: int = 32, seq_len: int = 256) -> float:
         """Mean cross-entropy of the text in nats per character (state carried across chunks
         of `seq_len`, `batch_size` parallel streams). Raises CharRNNError."""
         import numpy as np
@@ -156,9 +150,7 @@ class Sampler:
         ids = self.vocab.encode(text_or_ids) if isinstance(text_or_ids, str) else text_or_ids
         tokens = np.asarray(ids, dtype=np.int64)
         if len(tokens) < 2:
-            raise CharRNNError(
-                f"the text has {len(tokens)} character(s): at least 2 are needed to score."
-            )
+            raise CharRNNError(f"the text has {len(tokens)} character(s): at least 2 are needed to score.")
         if self.engine == "numpy":
             from charrnn.sample import numpy_engine
 
@@ -197,11 +189,7 @@ def _numpy_net(path: Path, engine: str, weights: str, device: str) -> tuple[Any,
         if engine == "auto":
             return None
         int8 = _numba_int8()
-        hint = (
-            " (int8 there needs numba: pip install 'charrnn[int8]')"
-            if weights == "int8" and not int8
-            else ""
-        )
+        hint = " (int8 there needs numba: pip install 'charrnn[int8]')" if weights == "int8" and not int8 else ""
         raise CharRNNError(
             f"--engine numpy runs {'fp32 and int8' if int8 else 'fp32'} weights on the CPU{hint}: "
             "change --weights/--device or use --engine torch."

@@ -98,8 +98,7 @@ class GatedFeedbackStepper(FastStepper):
             self.table = torch.addmm(bias_in[0], model.embed.weight.detach(), w_in0.t())
             # weight_in is laid out (in, out): its transpose is the (N, K) a Linear takes.
             self.upper = [
-                Linear([stack.weight_in[j - 1].detach()[:, cols].t()], bias_in[j], weights)
-                for j in range(1, L)
+                Linear([stack.weight_in[j - 1].detach()[:, cols].t()], bias_in[j], weights) for j in range(1, L)
             ]
             self.weight_rec = stack.weight_rec.detach()  # (L, H, Krec)
             self.rec = [Linear([w.t()], None, weights) for w in self.weight_rec.unbind(0)]

@@ -42,8 +42,6 @@ class StopTail:
         return self.tail == self.stop
 
 
-
-
 def draw(logits: np.ndarray, cfg: SampleConfig, rng: np.random.Generator) -> np.ndarray:
     """Next ids (B,) from logits (B, V): temperature (0 = greedy), then top-k, then top-p.
 
@@ -91,4 +89,3 @@ def draw_text(
             break
         logits = step(nxt)
     return "".join(out)
-

@@ -29,6 +29,8 @@ def _stepper_class(model: CharRNN) -> type[FastStepper] | None:
 
         return fastpath_custom.STEPPERS.get(name)
     return None
+
+
 class ModelStepper:
     """Steps through the model's own forward: for kinds without a hand-written step."""
 

@@ -120,4 +120,3 @@ class FusedStepper(FastStepper):
             inp = torch.relu(pre) if self.relu else torch.tanh(pre)
             hs.append(inp)
         return self.head(inp), (torch.stack(hs),)
-

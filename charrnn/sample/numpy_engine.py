@@ -64,8 +64,14 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     shapes = {"embed.weight": (V, E), "head.weight": (V, H), "head.bias": (V,)}
     for i in range(cfg.num_layers):
         prefix = f"stack.layers.{i}."
-        shapes.update({prefix + "weight_ih_l0": (G, E if i == 0 else H), prefix + "weight_hh_l0": (G, H),
-                       prefix + "bias_ih_l0": (G,), prefix + "bias_hh_l0": (G,)})
+        shapes.update(
+            {
+                prefix + "weight_ih_l0": (G, E if i == 0 else H),
+                prefix + "weight_hh_l0": (G, H),
+                prefix + "bias_ih_l0": (G,),
+                prefix + "bias_hh_l0": (G,),
+            }
+        )
     return shapes
 
 
@@ -114,7 +120,6 @@ def _read(archive: ptfile.Archive, fields: ptfile.Fields) -> tuple[ModelConfig, 
     return cfg, {name: read_array(archive, ref) for name, ref in state.items()}, fields.vocab  # file order
 
 
-
 @np.errstate(all="ignore")  # NaN from non-finite weights: the caller warns once
 def make_net(cfg: ModelConfig, w: dict[str, np.ndarray], weights: str = "fp32") -> NumpyNet:
     """The NumPy network for a weight mode: fp32 here, int8 in charrnn.sample.numpy_int8 (needs numba)."""
@@ -127,7 +132,6 @@ def make_net(cfg: ModelConfig, w: dict[str, np.ndarray], weights: str = "fp32") 
     if not npint8.available():
         raise CharRNNError("int8 weights on the NumPy engine need numba (pip install numba), or use --engine torch.")
     return npint8.Int8Net(cfg, w)
-
 
 
 @np.errstate(all="ignore")  # NaN from non-finite weights: the caller warns once
@@ -143,5 +147,3 @@ def generate(net: NumpyNet, vocab: Vocab, prime: str, cfg: SampleConfig, emit: C
         return out
 
     return draw_text(logits, step, vocab, cfg, emit)
-
-

@@ -76,7 +76,11 @@ def _dot_avx2_codegen(streams: int, lanes: int):
     def codegen(context, builder, signature, args):
         x_addr, x_stride, q_addr, n = args
         intp, i32 = n.type, ir.IntType(32)
-        v_bytes, v_i16, v_i32 = ir.VectorType(ir.IntType(8), 32), ir.VectorType(ir.IntType(16), 16), ir.VectorType(i32, 8)
+        v_bytes, v_i16, v_i32 = (
+            ir.VectorType(ir.IntType(8), 32),
+            ir.VectorType(ir.IntType(16), 16),
+            ir.VectorType(i32, 8),
+        )
         module = builder.module
 
         def declare(name: str, result: ir.Type, *params: ir.Type) -> ir.Function:
@@ -86,8 +90,10 @@ def _dot_avx2_codegen(streams: int, lanes: int):
         maddwd = declare("llvm.x86.avx2.pmadd.wd", v_i32, v_i16, v_i16)
         reduce = declare("llvm.vector.reduce.add.v8i32", i32, v_i32)
         ones = ir.Constant(v_i16, [1] * 16)
-        x_vecs = [builder.inttoptr(builder.add(x_addr, builder.mul(x_stride, ir.Constant(intp, s))), v_bytes.as_pointer())
-                  for s in range(streams)]
+        x_vecs = [
+            builder.inttoptr(builder.add(x_addr, builder.mul(x_stride, ir.Constant(intp, s))), v_bytes.as_pointer())
+            for s in range(streams)
+        ]
         q_vec = builder.inttoptr(q_addr, v_bytes.as_pointer())
         turns = builder.udiv(n, ir.Constant(intp, 32 * lanes))
         entry = builder.block
@@ -214,7 +220,9 @@ def _qproduct(q, rowsum, scale, x1, x2, xu, acc, out):  # pragma: no cover - com
 # module by iteratively reweighted least squares: largest error 5.5e-6 over all float32
 # inputs, far below the 1/63 steps of the quantized activations. NumPy's tanh and numba's libm
 # call are scalar; this vectorizes (timings: benchmarks/RESULTS.md, "Sampling kernels").
-_P = tuple(np.float32(c) for c in (0.9999764561653137, 0.12024945765733719, 0.002044495427981019, 2.9559741960838437e-06))
+_P = tuple(
+    np.float32(c) for c in (0.9999764561653137, 0.12024945765733719, 0.002044495427981019, 2.9559741960838437e-06)
+)
 _Q = tuple(np.float32(c) for c in (0.45351243019104004, 0.019944852218031883, 0.00011841669038403779))
 _CLAMP, _HALF, _ONE = np.float32(9.0), np.float32(0.5), np.float32(1.0)
 
@@ -256,8 +264,9 @@ def _rnn_layer(q, rowsum, scale, x, h, base, ids, xu, acc, pre, h_out):  # pragm
             h_out[b, j] = _tanh(pre[b, j] + base[row, j])
 
 
-def _gru_layer(qi, rowsum_i, scale_i, x, base_i, ids, qh, rowsum_h, scale_h, h, bias_h,
-               xu, acc, gi, gh, h_out):  # pragma: no cover - compiled by numba
+def _gru_layer(
+    qi, rowsum_i, scale_i, x, base_i, ids, qh, rowsum_h, scale_h, h, bias_h, xu, acc, gi, gh, h_out
+):  # pragma: no cover - compiled by numba
     """One GRU layer for B streams (gate rows r, z, n): gi = x @ W_ih^T + base_i[ids] (no
     product when x has no columns: the first layer's table holds it), gh = h @ W_hh^T + b_hh."""
     n_streams, hidden = h.shape
@@ -271,17 +280,24 @@ def _gru_layer(qi, rowsum_i, scale_i, x, base_i, ids, qh, rowsum_h, scale_h, h, 
         for j in range(hidden):
             r = _sigmoid(gi[b, j] + base_i[row, j] + gh[b, j] + bias_h[j])
             z = _sigmoid(gi[b, hidden + j] + base_i[row, hidden + j] + gh[b, hidden + j] + bias_h[hidden + j])
-            n = _tanh(gi[b, 2 * hidden + j] + base_i[row, 2 * hidden + j] + r * (gh[b, 2 * hidden + j] + bias_h[2 * hidden + j]))
+            n = _tanh(
+                gi[b, 2 * hidden + j]
+                + base_i[row, 2 * hidden + j]
+                + r * (gh[b, 2 * hidden + j] + bias_h[2 * hidden + j])
+            )
             h_out[b, j] = n + z * (h[b, j] - n)
 
 
 if numba is not None:
     if _has_avx2():
         _ADDRS = (numba.types.intp,) * 4
-        _dot1_avx2 = intrinsic(lambda typingctx, x, stride, q, n: (
-            numba.types.int32(*_ADDRS), _dot_avx2_codegen(1, 4)))
-        _dot4_avx2 = intrinsic(lambda typingctx, x, stride, q, n: (
-            numba.types.UniTuple(numba.types.int32, 4)(*_ADDRS), _dot_avx2_codegen(4, 2)))
+        _dot1_avx2 = intrinsic(lambda typingctx, x, stride, q, n: (numba.types.int32(*_ADDRS), _dot_avx2_codegen(1, 4)))
+        _dot4_avx2 = intrinsic(
+            lambda typingctx, x, stride, q, n: (
+                numba.types.UniTuple(numba.types.int32, 4)(*_ADDRS),
+                _dot_avx2_codegen(4, 2),
+            )
+        )
         _dot_rows = _jit(_dot_rows_avx2)
         _dot_rows4 = _jit(_dot_rows4_avx2)
     else:
@@ -344,7 +360,9 @@ class Int8Net(NumpyNet):
 
     def _buffers(self, batch: int) -> list[tuple[np.ndarray, ...]]:
         width = GATES[self.kind] * self.hidden  # gate pre-activations; GRU uses both
-        return [(np.empty((batch, width), np.float32), np.empty((batch, width), np.float32)) for _ in range(self.layers)]
+        return [
+            (np.empty((batch, width), np.float32), np.empty((batch, width), np.float32)) for _ in range(self.layers)
+        ]
 
     def _inputs(self, i: int, inp: np.ndarray):
         """(x, base, ids) of layer i: the first reads the table at the symbols' rows."""
@@ -360,8 +378,21 @@ class Int8Net(NumpyNet):
         x, base, ids = self._inputs(i, inp)
         dense = self.first_hh if i == 0 else self.upper[i - 1][0]
         h_out, c_out = np.empty_like(h), np.empty_like(c)
-        _lstm_layer(dense.q, dense.rowsum, dense.scale, x, h, base, ids, c,
-                    dense.scratch(len(h)), dense.acc, buf[1], h_out, c_out)
+        _lstm_layer(
+            dense.q,
+            dense.rowsum,
+            dense.scale,
+            x,
+            h,
+            base,
+            ids,
+            c,
+            dense.scratch(len(h)),
+            dense.acc,
+            buf[1],
+            h_out,
+            c_out,
+        )
         return h_out, c_out
 
     def _rnn(self, i: int, inp: np.ndarray, hs: tuple[np.ndarray, ...], buf: tuple) -> tuple[np.ndarray, ...]:
@@ -369,8 +400,7 @@ class Int8Net(NumpyNet):
         x, base, ids = self._inputs(i, inp)
         dense = self.first_hh if i == 0 else self.upper[i - 1][0]
         h_out = np.empty_like(h)
-        _rnn_layer(dense.q, dense.rowsum, dense.scale, x, h, base, ids,
-                   dense.scratch(len(h)), dense.acc, buf[1], h_out)
+        _rnn_layer(dense.q, dense.rowsum, dense.scale, x, h, base, ids, dense.scratch(len(h)), dense.acc, buf[1], h_out)
         return (h_out,)
 
     def _gru(self, i: int, inp: np.ndarray, hs: tuple[np.ndarray, ...], buf: tuple) -> tuple[np.ndarray, ...]:
@@ -382,6 +412,22 @@ class Int8Net(NumpyNet):
             ih, _, hh, bias_h = self.upper[i - 1]
         h_out = np.empty_like(h)
         # One scratch serves both products: W_ih and W_hh rows have the same padded length.
-        _gru_layer(ih.q, ih.rowsum, ih.scale, x, base, ids, hh.q, hh.rowsum, hh.scale, h, bias_h,
-                   hh.scratch(len(h)), hh.acc, buf[0], buf[1], h_out)
+        _gru_layer(
+            ih.q,
+            ih.rowsum,
+            ih.scale,
+            x,
+            base,
+            ids,
+            hh.q,
+            hh.rowsum,
+            hh.scale,
+            h,
+            bias_h,
+            hh.scratch(len(h)),
+            hh.acc,
+            buf[0],
+            buf[1],
+            h_out,
+        )
         return (h_out,)

@@ -22,8 +22,6 @@ def nonfinite_arrays(w: dict[str, np.ndarray]) -> list[str]:
     return [name for name, a in w.items() if not np.isfinite(a).all()]
 
 
-
-
 # --------------------------------------------------------------------------------------
 # The step
 
@@ -68,8 +66,10 @@ class NumpyNet:
         self.layers = cfg.num_layers
         # LSTM gate rows i, f, g, o -> i, f, o, g: one sigmoid covers the first 3H.
         order = np.r_[0 : 2 * H, 3 * H : 4 * H, 2 * H : 3 * H] if self.kind == "lstm" else slice(None)
-        p = [[w[f"stack.layers.{i}.{n}"][order] for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
-             for i in range(self.layers)]
+        p = [
+            [w[f"stack.layers.{i}.{n}"][order] for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+            for i in range(self.layers)
+        ]
         w_ih0, w_hh0, b_ih0, b_hh0 = p[0]
         # (V, G): embedding row -> first layer's input projection and bias. GRU keeps b_hh on
         # the recurrent side, where its n-part is scaled by the reset gate.
@@ -183,5 +183,3 @@ def score(net: NumpyNet, tokens: np.ndarray, batch_size: int, seq_len: int) -> f
             total += float((log_norm - z[np.arange(len(z)), y[:, t]]).sum())
             count += len(z)
     return total / max(count, 1)
-
-

@@ -86,9 +86,7 @@ def _int8_engine() -> str | None:
 
 
 def _has_fbgemm_fp16() -> bool:
-    return torch.backends.quantized.engine in ("x86", "fbgemm") and hasattr(
-        torch.ops.quantized, "linear_prepack_fp16"
-    )
+    return torch.backends.quantized.engine in ("x86", "fbgemm") and hasattr(torch.ops.quantized, "linear_prepack_fp16")
 
 
 def available_weight_modes(device: torch.device | str) -> list[str]:
@@ -258,5 +256,3 @@ class FastStepper:
 
     def _step(self, x: Tensor, state: State, work: Any) -> tuple[Tensor, State]:
         raise NotImplementedError
-
-

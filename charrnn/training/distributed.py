@@ -316,8 +316,10 @@ def init_from_env(device: str, timeout: float, environ: Mapping[str, str]) -> Di
     try:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout), rank=rank, world_size=world)
     except (ValueError, RuntimeError) as exc:
-        raise CharRNNError(f"could not join the process group as rank {rank} of {world} ({_describe(exc)}): "
-                           "check the torchrun rendezvous flags and that the nodes reach each other.")
+        raise CharRNNError(
+            f"could not join the process group as rank {rank} of {world} ({_describe(exc)}): "
+            "check the torchrun rendezvous flags and that the nodes reach each other."
+        )
     return Dist(rank=rank, world_size=world, local_rank=local_rank, device=dev, enabled=True)
 
 
@@ -329,14 +331,16 @@ def is_peer_failure(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and any(
-        mark in text for mark in ("gloo/transport", "Connection closed by peer", "Connection reset by peer",
-                                  "Timed out waiting")
+        mark in text
+        for mark in ("gloo/transport", "Connection closed by peer", "Connection reset by peer", "Timed out waiting")
     )
 
 
 def peer_failure_message(dist: Dist, exc: BaseException, resume_hint: str) -> str:
-    return (f"rank {dist.rank} of {dist.world_size} stopped: another process died or stopped answering "
-            f"({_describe(exc)}); {resume_hint}")
+    return (
+        f"rank {dist.rank} of {dist.world_size} stopped: another process died or stopped answering "
+        f"({_describe(exc)}); {resume_hint}"
+    )
 
 
 def _describe(exc: BaseException) -> str:
@@ -360,8 +364,16 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
             skip = True
         elif not arg.startswith("--nproc="):
             rest.append(arg)
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "charrnn", *rest]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "charrnn",
+        *rest,
+    ]
 
 
 def exec_torchrun(nproc: int, argv: list[str], environ: Mapping[str, str]) -> None:

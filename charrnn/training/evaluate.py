@@ -63,8 +63,7 @@ def label_accuracy(
     missing = vocab.missing(spec.alphabet)
     if missing:
         raise CharRNNError(
-            f"the model's vocabulary lacks {''.join(missing)!r} of {task}: "
-            f"evaluate a model trained on {task}."
+            f"the model's vocabulary lacks {''.join(missing)!r} of {task}: evaluate a model trained on {task}."
         )
     device = next(model.parameters()).device
     label_ids = torch.tensor(vocab.encode(spec.labels), device=device)

@@ -118,8 +118,10 @@ class Trainer:
             by_epochs = math.ceil(train_cfg.epochs * self.batcher.steps_per_epoch)
             self.total_steps = min(self.total_steps or by_epochs, by_epochs)
 
-        check_memory(model_nbytes_for_training(model_cfg),
-                     f"training a {model_cfg.num_layers}x{model_cfg.hidden_size} {model_cfg.model}")
+        check_memory(
+            model_nbytes_for_training(model_cfg),
+            f"training a {model_cfg.num_layers}x{model_cfg.hidden_size} {model_cfg.model}",
+        )
         torch.manual_seed(train_cfg.seed)
         self.model = CharRNN(model_cfg).to(self.device)
         self.net = self.dist.wrap(self.model)  # trains through DDP when distributed; self.model otherwise
@@ -298,8 +300,7 @@ class Trainer:
 
     def _validate(self) -> float:
         # Rank 0 scores the whole model; every rank gets the result, so best/stop decisions agree.
-        val = self.dist.from_main(evaluate, self.model, self.val_tokens, self.cfg.val_streams, VAL_CHUNK,
-                                  self.device)
+        val = self.dist.from_main(evaluate, self.model, self.val_tokens, self.cfg.val_streams, VAL_CHUNK, self.device)
         improved = val < self.best_val
         self.last_val = val
         self.last_eval_step = self.step
@@ -307,8 +308,15 @@ class Trainer:
             self.best_val = val
         self.stale_evals = 0 if improved else self.stale_evals + 1
         self._emit(
-            {"event": "eval", "step": self.step, "epoch": self.epoch, "val_loss": val,
-             "val_bpc": val / math.log(2), "best_val": self.best_val, "stale": self.stale_evals}
+            {
+                "event": "eval",
+                "step": self.step,
+                "epoch": self.epoch,
+                "val_loss": val,
+                "val_bpc": val / math.log(2),
+                "best_val": self.best_val,
+                "stale": self.stale_evals,
+            }
         )
         self.save(best=improved)
         return val
@@ -328,9 +336,16 @@ class Trainer:
     def _run(self) -> TrainResult:
         cfg = self.cfg
         self.write_config()
-        self._emit({"event": "start", "step": self.step, "total_steps": self.total_steps,
-                    "time_budget": cfg.time_budget, "device": str(self.device),
-                    "steps_per_epoch": self.batcher.steps_per_epoch})
+        self._emit(
+            {
+                "event": "start",
+                "step": self.step,
+                "total_steps": self.total_steps,
+                "time_budget": cfg.time_budget,
+                "device": str(self.device),
+                "steps_per_epoch": self.batcher.steps_per_epoch,
+            }
+        )
         if self.step == 0 and not self.run_paths.last.is_file():
             self.save()  # a loadable last.pt from the first moment, and a point to roll back to
         self.model.train()
@@ -392,9 +407,17 @@ class Trainer:
                 (self.elapsed,) = self.dist.agree_max(self.elapsed)
             if self.step % cfg.log_every == 0 and window_steps:
                 rate = window_steps * chars_per_step / max(now - window_start, 1e-9)
-                self._emit({"event": "train", "step": self.step, "epoch": self.epoch,
-                            "train_loss": window_loss.item() / window_steps, "lr": lr,
-                            "chars_per_s": rate, "progress": self.progress()})
+                self._emit(
+                    {
+                        "event": "train",
+                        "step": self.step,
+                        "epoch": self.epoch,
+                        "train_loss": window_loss.item() / window_steps,
+                        "lr": lr,
+                        "chars_per_s": rate,
+                        "progress": self.progress(),
+                    }
+                )
                 window_loss.zero_()
                 window_steps, window_start = 0, time.perf_counter()
             if self._due(next_eval):
@@ -409,8 +432,9 @@ class Trainer:
                 window_start = clock
                 if cfg.patience and self.stale_evals >= cfg.patience:
                     reason = "patience"  # every rank saw the same val: they stop together
-                    self._emit({"event": "early_stop", "step": self.step, "best_val": self.best_val,
-                                "stale": self.stale_evals})
+                    self._emit(
+                        {"event": "early_stop", "step": self.step, "best_val": self.best_val, "stale": self.stale_evals}
+                    )
                     break
         if status == "done" or self.step > 0:
             t0 = time.perf_counter()
@@ -421,11 +445,20 @@ class Trainer:
                 self.save()
             self.elapsed += time.perf_counter() - t0
         rate = self.step * chars_per_step / max(self.elapsed, 1e-9)
-        self._emit({"event": "end", "status": status, "reason": reason, "step": self.step,
-                    "best_val": self.best_val})
+        self._emit({"event": "end", "status": status, "reason": reason, "step": self.step, "best_val": self.best_val})
         self.net = self.model  # drop DDP before the process group: a reducer freed after it can deadlock gloo
-        return TrainResult(status, reason, self.step, self.epoch, self.best_val, self.last_val,
-                           self.elapsed, rate, self.skipped, self.run_paths)
+        return TrainResult(
+            status,
+            reason,
+            self.step,
+            self.epoch,
+            self.best_val,
+            self.last_val,
+            self.elapsed,
+            rate,
+            self.skipped,
+            self.run_paths,
+        )
 
     def _finished(self, eval_cost: float) -> str:
         """Why the run is over ("" while it is not)."""

@@ -116,9 +116,15 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        return {"model": self.model, "train": self.train, "probe_chars_per_s": self.probe,
-                "probe_seconds": round(self.probe_seconds, 2), "expected_chars_per_s": round(self.chars_per_s),
-                "expected_epochs": round(self.expected_epochs, 2), "notes": self.notes}
+        return {
+            "model": self.model,
+            "train": self.train,
+            "probe_chars_per_s": self.probe,
+            "probe_seconds": round(self.probe_seconds, 2),
+            "expected_chars_per_s": round(self.chars_per_s),
+            "expected_epochs": round(self.expected_epochs, 2),
+            "notes": self.notes,
+        }
 
 
 def count_lstm_params(vocab: int, layers: int, hidden: int, embed: int) -> int:
@@ -127,8 +133,9 @@ def count_lstm_params(vocab: int, layers: int, hidden: int, embed: int) -> int:
     return parameter_count(cfg)
 
 
-def measure_train_speed(cfg: ModelConfig, batch_size: int, seq_len: int, device: torch.device,
-                        precision: str = "fp32", steps: int = 2) -> float:
+def measure_train_speed(
+    cfg: ModelConfig, batch_size: int, seq_len: int, device: torch.device, precision: str = "fp32", steps: int = 2
+) -> float:
     """Training characters per second of `cfg` on `device`: one warm-up step, then
     `steps` timed steps (forward, backward, clip, AdamW) on random tokens."""
     from charrnn.models.charrnn import CharRNN
@@ -183,13 +190,15 @@ def plan_run(
     batch, seq = given.get("batch_size", SHAPE[kind][0]), given.get("seq_len", SHAPE[kind][1])
 
     def config(hidden: int) -> ModelConfig:
-        return ModelConfig(vocab_size=vocab_size, model=model_kind, num_layers=layers, hidden_size=hidden,
-                           embed_size=embed)
+        return ModelConfig(
+            vocab_size=vocab_size, model=model_kind, num_layers=layers, hidden_size=hidden, embed_size=embed
+        )
 
     precision = given.get("precision") or _precision_for(device)
     if kind == "cpu" and "precision" not in given and budget and bf16_supported(device):
-        precision = _probe_cpu_precision(plan, config(given.get("hidden_size", LADDER["cpu"][1])), batch, device,
-                                         measure)
+        precision = _probe_cpu_precision(
+            plan, config(given.get("hidden_size", LADDER["cpu"][1])), batch, device, measure
+        )
     if kind == "cpu" and precision == "bf16" and "batch_size" not in given:
         batch = BF16_CPU_BATCH
     # A short corpus shortens the streams: keep at least ~20 steps per epoch.
@@ -227,10 +236,20 @@ def plan_run(
     base_lr, base_hidden, base_batch = LR[kind]
     lr = base_lr * math.sqrt(base_hidden / hidden) * (batch / base_batch) ** 0.25
     weight_drop = WEIGHT_DROP if model_kind in ("lstm", "gru", "rnn") else 0.0
-    chosen_model = {"num_layers": layers, "hidden_size": hidden, "embed_size": embed, "dropout": round(dropout, 3),
-                    "weight_drop": round(weight_drop, 3)}
-    chosen_train = {"batch_size": batch, "seq_len": seq, "lr": float(f"{min(max(lr, 5e-4), 8e-3):.2g}"),
-                    "patience": PATIENCE, "precision": precision}
+    chosen_model = {
+        "num_layers": layers,
+        "hidden_size": hidden,
+        "embed_size": embed,
+        "dropout": round(dropout, 3),
+        "weight_drop": round(weight_drop, 3),
+    }
+    chosen_train = {
+        "batch_size": batch,
+        "seq_len": seq,
+        "lr": float(f"{min(max(lr, 5e-4), 8e-3):.2g}"),
+        "patience": PATIENCE,
+        "precision": precision,
+    }
     if budget and plan.chars_per_s:
         _plan_validation(plan, chosen_train, budget, val_chars)
     plan.model = {k: v for k, v in chosen_model.items() if k not in given}
@@ -238,8 +257,17 @@ def plan_run(
     return plan
 
 
-def _probe_size(plan: Plan, config: Callable[[int], ModelConfig], batch: int, seq: int, device: torch.device,
-                precision: str, budget: float, train_chars: int, measure: Callable[..., float]) -> int:
+def _probe_size(
+    plan: Plan,
+    config: Callable[[int], ModelConfig],
+    batch: int,
+    seq: int,
+    device: torch.device,
+    precision: str,
+    budget: float,
+    train_chars: int,
+    measure: Callable[..., float],
+) -> int:
     """Time rungs of the ladder; keep the largest size the budget and the corpus carry.
 
     A CPU is probed smallest first (a large model's step takes seconds there); a GPU
@@ -251,14 +279,16 @@ def _probe_size(plan: Plan, config: Callable[[int], ModelConfig], batch: int, se
     for hidden in LADDER[kind]:
         params = parameter_count(config(hidden))
         if allowed and params > PARAMS_PER_TRAIN_CHAR * train_chars:
-            plan.notes.append(f"{hidden} units and more skipped: {params / 1e6:.1f}M parameters for "
-                              f"{train_chars / 1e6:.2f}M training characters")
+            plan.notes.append(
+                f"{hidden} units and more skipped: {params / 1e6:.1f}M parameters for "
+                f"{train_chars / 1e6:.2f}M training characters"
+            )
             break
         allowed.append((hidden, params))
     t0 = time.perf_counter()
     t_first = 0.0  # when the first rung was done: its time includes one-time kernel and CUDA start-up
     chosen = allowed[0][0]
-    for hidden, params in (reversed(allowed) if kind == "gpu" else allowed):
+    for hidden, params in reversed(allowed) if kind == "gpu" else allowed:
         rate = measure(config(hidden), batch, seq, device, precision)
         plan.probe[hidden] = rate
         t_first = t_first or time.perf_counter()
@@ -276,15 +306,17 @@ def _probe_size(plan: Plan, config: Callable[[int], ModelConfig], batch: int, se
         # The next rung has about twice the parameters at about half the speed: skip
         # probing it when that cannot pass, or when the probe has used its share.
         next_fits = seen >= 4 * CHARS_PER_PARAM * params or (
-            seen >= 2 * EPOCHS_ENOUGH * train_chars and seen >= 4 * MIN_CHARS_PER_PARAM * params)
+            seen >= 2 * EPOCHS_ENOUGH * train_chars and seen >= 4 * MIN_CHARS_PER_PARAM * params
+        )
         if not next_fits or time.perf_counter() - t_first > PROBE_SHARE * budget:
             break
     plan.probe_seconds += time.perf_counter() - t0
     return chosen
 
 
-def _probe_cpu_precision(plan: Plan, cfg: ModelConfig, batch: int, device: torch.device,
-                         measure: Callable[..., float]) -> str:
+def _probe_cpu_precision(
+    plan: Plan, cfg: ModelConfig, batch: int, device: torch.device, measure: Callable[..., float]
+) -> str:
     """bf16 or fp32 for a CPU with bf16 instructions: whichever trains `cfg` faster, with
     bf16 needing a clear margin (its gain depends on the CPU's matrix units)."""
     t0 = time.perf_counter()
@@ -294,9 +326,11 @@ def _probe_cpu_precision(plan: Plan, cfg: ModelConfig, batch: int, device: torch
     chosen = "bf16" if gain >= BF16_MIN_GAIN else "fp32"
     if chosen == "bf16":
         plan.bf16_gain = gain
-    plan.notes.append(f"bf16 autocast {'chosen' if chosen == 'bf16' else 'not used'}: "
-                      f"{gain:.2f}x the fp32 training speed on this CPU ({cfg.hidden_size} units, "
-                      f"{rates['fp32']:,.0f} vs {rates['bf16']:,.0f} chars/s)")
+    plan.notes.append(
+        f"bf16 autocast {'chosen' if chosen == 'bf16' else 'not used'}: "
+        f"{gain:.2f}x the fp32 training speed on this CPU ({cfg.hidden_size} units, "
+        f"{rates['fp32']:,.0f} vs {rates['bf16']:,.0f} chars/s)"
+    )
     return chosen
 
 

@@ -113,8 +113,11 @@ def train_run(
     if unknown:
         raise CharRNNError(f"unknown setting(s) {', '.join(unknown)}: use ModelConfig or TrainConfig field names.")
     given = {k: v for k, v in settings.items() if v is not None}
-    stops = {"epochs": float(given.pop("epochs", 0.0)), "max_steps": int(given.pop("max_steps", 0)),
-             "time_budget": _seconds(given.pop("time_budget", 0.0))}
+    stops = {
+        "epochs": float(given.pop("epochs", 0.0)),
+        "max_steps": int(given.pop("max_steps", 0)),
+        "time_budget": _seconds(given.pop("time_budget", 0.0)),
+    }
     TrainConfig(**stops)  # a bad stop (epochs=nan) fails before any work
     runtime = {k: given.pop(k) for k in RUNTIME if k in given}
     if encoding != "utf-8":
@@ -137,8 +140,19 @@ def train_run(
         # The lock comes before the checkpoint is read: a second resume is refused while the
         # first trains, and one that starts after it reads the newer checkpoint.
         with RunLock(run) if dist.is_main else contextlib.nullcontext():
-            return _resume(run, resolve_checkpoint(resume, runs_dir, prefer="last"), corpus, stops, runtime,
-                           data_dir, corpus_url, note, prepare, resolve, session)
+            return _resume(
+                run,
+                resolve_checkpoint(resume, runs_dir, prefer="last"),
+                corpus,
+                stops,
+                runtime,
+                data_dir,
+                corpus_url,
+                note,
+                prepare,
+                resolve,
+                session,
+            )
 
     if corpus is None:
         raise CharRNNError("give a corpus to train on, e.g. `charrnn train shakespeare`, or --resume RUN.")
@@ -168,8 +182,17 @@ def train_run(
         if planned is not None:
             info["plan"] = planned.summary()
             note(describe_plan(planned, mcfg, tcfg))
-        return session.train(mcfg, tcfg, data, run, info, None,
-                             planned.eval_estimate if planned is not None else 0.0, info.get("plan"), notice)
+        return session.train(
+            mcfg,
+            tcfg,
+            data,
+            run,
+            info,
+            None,
+            planned.eval_estimate if planned is not None else 0.0,
+            info.get("plan"),
+            notice,
+        )
 
 
 def process_age() -> float:
@@ -198,9 +221,19 @@ def _run_of(path: Path) -> RunPaths:
     return run_paths(path.parent.parent, path.parent.name)
 
 
-def _resume(run: RunPaths, path: Path, corpus: str | Path | None, stops: dict, runtime: dict, data_dir: Path,
-            corpus_url: str | None, note: Note, prepare: Callable, resolve: Callable,
-            session: _Session) -> RunResult:
+def _resume(
+    run: RunPaths,
+    path: Path,
+    corpus: str | Path | None,
+    stops: dict,
+    runtime: dict,
+    data_dir: Path,
+    corpus_url: str | None,
+    note: Note,
+    prepare: Callable,
+    resolve: Callable,
+    session: _Session,
+) -> RunResult:
     """Continue `run` from checkpoint `path`; the caller holds the run's lock."""
     from charrnn.checkpoint import load_checkpoint
 
@@ -220,8 +253,9 @@ def _resume(run: RunPaths, path: Path, corpus: str | Path | None, stops: dict, r
     new_stops = stops if any(stops.values()) else {}
     tcfg = dataclasses.replace(ckpt.train_config, **new_stops, **runtime)
     task = ckpt.corpus.get("task")
-    return session.train(ckpt.model_config, tcfg, data, run, _corpus_info(data, task if isinstance(task, str) else None),
-                         ckpt, 0.0, None)
+    return session.train(
+        ckpt.model_config, tcfg, data, run, _corpus_info(data, task if isinstance(task, str) else None), ckpt, 0.0, None
+    )
 
 
 @dataclass
@@ -235,8 +269,18 @@ class _Session:
     spent: float
     started: float
 
-    def train(self, mcfg: ModelConfig, tcfg: TrainConfig, data: Any, run: RunPaths, info: dict, ckpt: Any,
-              eval_estimate: float, plan: dict[str, Any] | None, notice: str = "") -> RunResult:
+    def train(
+        self,
+        mcfg: ModelConfig,
+        tcfg: TrainConfig,
+        data: Any,
+        run: RunPaths,
+        info: dict,
+        ckpt: Any,
+        eval_estimate: float,
+        plan: dict[str, Any] | None,
+        notice: str = "",
+    ) -> RunResult:
         from charrnn.training.distributed import is_peer_failure, peer_failure_message
         from charrnn.training.loop import Trainer
 
@@ -247,9 +291,19 @@ class _Session:
             if self.on_event is not None:
                 self.on_event(event)
 
-        trainer = Trainer(mcfg, tcfg, data, run, info, resume=ckpt, on_event=on_event,
-                          should_stop=self.should_stop or (lambda: False), dist=self.dist,
-                          spent=self.spent if ckpt is None else 0.0, eval_estimate=eval_estimate)
+        trainer = Trainer(
+            mcfg,
+            tcfg,
+            data,
+            run,
+            info,
+            resume=ckpt,
+            on_event=on_event,
+            should_stop=self.should_stop or (lambda: False),
+            dist=self.dist,
+            spent=self.spent if ckpt is None else 0.0,
+            eval_estimate=eval_estimate,
+        )
         if notice:  # once the settings proved trainable
             self.note(notice)
         try:
@@ -259,11 +313,24 @@ class _Session:
         except RuntimeError as exc:
             if not (self.dist.enabled and is_peer_failure(exc)):
                 raise
-            raise CharRNNError(peer_failure_message(self.dist, exc, f"the last checkpoint is {run.last}; fix the "
-                                                    f"cause, then train again with --resume {run.dir.name}."))
+            raise CharRNNError(
+                peer_failure_message(
+                    self.dist,
+                    exc,
+                    f"the last checkpoint is {run.last}; fix the cause, then train again with --resume {run.dir.name}.",
+                )
+            )
         self.dist.close()
-        return RunResult(run, result, mcfg, trainer.cfg, trainer.batcher.steps_per_epoch, speed.rate(),
-                         time.perf_counter() - self.started, plan)
+        return RunResult(
+            run,
+            result,
+            mcfg,
+            trainer.cfg,
+            trainer.batcher.steps_per_epoch,
+            speed.rate(),
+            time.perf_counter() - self.started,
+            plan,
+        )
 
 
 class _TrainSpeed:
@@ -288,8 +355,12 @@ class _TrainSpeed:
 
 
 def _corpus_info(data: Any, task: str | None) -> dict:
-    info = {"path": str(Path(data.source).resolve()), "sha256": data.sha256,
-            "encoding": data.encoding, "chars": len(data.tokens)}
+    info = {
+        "path": str(Path(data.source).resolve()),
+        "sha256": data.sha256,
+        "encoding": data.encoding,
+        "chars": len(data.tokens),
+    }
     if task:
         info["task"] = task
     return info
@@ -301,8 +372,9 @@ def _notes(data: Any, note: Note) -> None:
         note(text)
 
 
-def _plan(given: dict[str, Any], runtime: dict[str, Any], preset: str | None, data: Any,
-          stops: dict[str, float], device: Any) -> Any:
+def _plan(
+    given: dict[str, Any], runtime: dict[str, Any], preset: str | None, data: Any, stops: dict[str, float], device: Any
+) -> Any:
     """Fill the settings the caller left open from the budget, a speed probe and the corpus."""
     from charrnn.data.corpus import split
     from charrnn.training.plan import PRESETS, plan_run
@@ -317,7 +389,9 @@ def _plan(given: dict[str, Any], runtime: dict[str, Any], preset: str | None, da
     if "hidden_size" in fixed:  # sizes given: refuse what cannot fit before the probe allocates it
         from charrnn.limits import check_memory, model_nbytes_for_training
 
-        check_memory(model_nbytes_for_training(asked), f"training a {asked.num_layers}x{asked.hidden_size} {asked.model}")
+        check_memory(
+            model_nbytes_for_training(asked), f"training a {asked.num_layers}x{asked.hidden_size} {asked.model}"
+        )
     TrainConfig(**{k: v for k, v in fixed.items() if k in TRAIN_FIELDS})
     train_tokens, val_tokens = split(data.tokens, given.get("val_frac", 0.1))
     budget = stops["time_budget"] if not (stops["epochs"] or stops["max_steps"]) else 0.0
@@ -331,13 +405,19 @@ def _plan(given: dict[str, Any], runtime: dict[str, Any], preset: str | None, da
 def describe_plan(plan: Any, mcfg: ModelConfig, tcfg: TrainConfig) -> str:
     """What the planner chose, and how to override it (a few lines)."""
     size = f"{mcfg.num_layers}x{mcfg.hidden_size} {mcfg.model}"
-    lines = [(f"plan: {size}, embed {mcfg.embedding_size}, batch {tcfg.batch_size} x seq {tcfg.seq_len}, "
-              f"lr {tcfg.lr:g}, dropout {mcfg.dropout:g} ({mcfg.dropout_mask}), weight drop {mcfg.weight_drop:g}, "
-              f"{tcfg.evals} validations, patience {tcfg.patience}")]
+    lines = [
+        (
+            f"plan: {size}, embed {mcfg.embedding_size}, batch {tcfg.batch_size} x seq {tcfg.seq_len}, "
+            f"lr {tcfg.lr:g}, dropout {mcfg.dropout:g} ({mcfg.dropout_mask}), weight drop {mcfg.weight_drop:g}, "
+            f"{tcfg.evals} validations, patience {tcfg.patience}"
+        )
+    ]
     if plan.probe:
         probe = ", ".join(f"{h}: {r:,.0f}" for h, r in plan.probe.items())
-        lines.append(f"  probe {plan.probe_seconds:.1f}s, training chars/s by hidden size: {probe}; "
-                     f"about {plan.expected_epochs:.1f} epochs expected")
+        lines.append(
+            f"  probe {plan.probe_seconds:.1f}s, training chars/s by hidden size: {probe}; "
+            f"about {plan.expected_epochs:.1f} epochs expected"
+        )
     lines += [f"  {text}" for text in plan.notes]
     lines.append("  every setting has its flag; --preset fixes the size; --no-auto plans nothing")
     return "\n".join(lines)
