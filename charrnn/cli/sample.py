@@ -58,9 +58,9 @@ def sample(
     """Generate text from a trained run; only the text goes to stdout."""
     import dataclasses
 
-    # One BLAS thread for the NumPy engine's one-row products: OpenBLAS threads spin while
-    # they wait, and on a busy CPU (a training run beside it) 600 characters of a 2x384 LSTM
-    # took 8.4 s with two threads and 1.3 s with one. Set before NumPy loads; the user's wins.
+    # One BLAS thread for the NumPy engine's one-row products: OpenBLAS threads spin while they
+    # wait, which on a busy CPU costs far more than they save (benchmarks/RESULTS.md, "Sampling
+    # kernels"). Set before NumPy loads; the user's setting wins.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
     from charrnn.config import SampleConfig
