@@ -7,19 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAIN
+from helpers import TINY_TRAIN, one_line_error
 
 from charrnn.cli import app
 
 COMMANDS = ["prepare", "train", "sample", "eval", "runs", "info"]
-
-
-def one_line_error(result, pattern: str) -> None:
-    assert result.exit_code == 1, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    assert pattern.lower() in lines[0].lower(), lines[0]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -140,5 +140,5 @@ def detach_state(state: State, dtype: torch.dtype | None = None) -> State:
 
 def count_parameters(model: nn.Module) -> int:
     """Parameters of a built model; for a CharRNN it equals charrnn.limits.parameter_count(cfg),
-    the formula that counts from the config alone (tests/test_trust_checkpoint.py checks every kind)."""
+    the formula that counts from the config alone (tests/test_ptfile.py checks every kind)."""
     return sum(p.numel() for p in model.parameters())

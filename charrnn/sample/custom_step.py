@@ -3,7 +3,7 @@
 The same tricks as the fused kinds' step in charrnn.sample.fast_step (embedding folded into
 a gather table, concatenated matrix products, gate buffers reused, every weight
 mode), applied to the stacks' own equations; each step equals the stack's forward
-to float rounding (tests/test_fastpath.py).
+to float rounding (tests/test_sample_steps.py).
 """
 
 from __future__ import annotations

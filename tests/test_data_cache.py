@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_text
+from helpers import make_text, one_line_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_cli import one_line_error
 
 from charrnn.cli import app
 from charrnn.data.corpus import fetch_builtin, prepare, read_text, resolve_corpus

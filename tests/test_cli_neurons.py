@@ -1,6 +1,6 @@
 """inspect, cells, gates, view, curves and plot through CliRunner on tiny checkpoints.
 
-The analysis behind them (charrnn.neurons.reports) is tested in tests/test_activations.py."""
+The analysis behind them (charrnn.neurons.reports) is tested in tests/test_neurons.py."""
 
 from __future__ import annotations
 

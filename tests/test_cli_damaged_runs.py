@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAIN, make_text
+from helpers import TINY_TRAIN, make_text, one_line_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_cli import one_line_error
 from typer.testing import CliRunner
 
 from charrnn.checkpoint import Checkpoint, save_checkpoint

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_text
+from helpers import make_text
 from typer.testing import CliRunner
 
 from charrnn.checkpoint import load_checkpoint

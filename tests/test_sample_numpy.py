@@ -12,31 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import VOCAB, saved_model
 
 from charrnn import ptfile
-from charrnn.checkpoint import Checkpoint, save_checkpoint
 from charrnn.cli import app
-from charrnn.config import ModelConfig, SampleConfig, TrainConfig
-from charrnn.data.vocab import build_vocab
-from charrnn.models.charrnn import CharRNN
+from charrnn.config import SampleConfig
 from charrnn.sample import numpy_engine as npsample
 from charrnn.sample.draw import draw
 from charrnn.sample.fast_step import ModelStepper, build_stepper
 from charrnn.sample.torch_engine import generate
-
-VOCAB = build_vocab("abcdefgh \n")
-
-
-def saved_model(tmp_path: Path, kind: str, layers: int = 2, hidden: int = 24, embed: int = 0) -> tuple[CharRNN, Path]:
-    torch.manual_seed(7)
-    cfg = ModelConfig(vocab_size=len(VOCAB), model=kind, num_layers=layers, hidden_size=hidden, embed_size=embed)
-    model = CharRNN(cfg).eval()
-    with torch.no_grad():  # trained-like weights: larger than the init, so the gates saturate somewhere
-        for p in model.parameters():
-            p.mul_(3.0)
-    path = tmp_path / f"{kind}.pt"
-    save_checkpoint(Checkpoint(cfg, TrainConfig(), VOCAB, model.state_dict()), path)
-    return model, path
 
 
 @pytest.mark.parametrize(

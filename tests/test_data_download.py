@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_CORPUS
+from helpers import SHARED_CORPUS
 
 from charrnn.cli import app
 from charrnn.data import corpus as corpus_mod

@@ -305,3 +305,29 @@ def test_no_warning_reaches_the_user() -> None:
             out, _ = stack(torch.randn(B, 2, E, dtype=torch.float64), rand_state(kind))
             out.sum().backward()
     assert [str(w.message) for w in caught] == []
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_shapes_and_chunked_forward_equals_full(kind: str) -> None:
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=11, model=kind, num_layers=2, hidden_size=8, embed_size=5)).eval()
+    x = torch.randint(0, 11, (3, 20))
+    state = model.init_state(3)
+    assert len(state) == (2 if kind == "lstm" else 1) and state[0].shape == (2, 3, 8)
+    full, full_state = model(x, state)
+    assert full.shape == (3, 20, 11)
+    a, s = model(x[:, :7], state)
+    b, s = model(x[:, 7:], s)
+    torch.testing.assert_close(torch.cat([a, b], 1), full, rtol=0, atol=1e-6)
+    for got, want in zip(s, full_state):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_lstm_biases_keep_torchs_uniform_init() -> None:
+    # No forget-gate bias of 1: it trained worse in the short runs charrnn plans.
+    h = 64
+    model = CharRNN(ModelConfig(vocab_size=5, hidden_size=h, num_layers=2))
+    for layer in model.stack.layers:
+        for bias in (layer.bias_ih_l0, layer.bias_hh_l0):
+            assert bias.abs().max() <= h**-0.5
+            assert bias[h : 2 * h].std() > 0.3 * h**-0.5  # random, not a constant

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_npsample import saved_model
+from helpers import saved_model
 
 from charrnn.cli import app
 from charrnn.sample import numpy_engine as npsample

@@ -13,15 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAIN
-from test_cli import one_line_error
+from helpers import TINY_TRAIN, one_line_error, tiny_setup
 
 from charrnn import checkpoint as checkpoint_mod
 from charrnn import files as files_mod
 from charrnn.checkpoint import build_model, load_checkpoint
 from charrnn.cli import app
-from charrnn.config import ModelConfig, SampleConfig, TrainConfig
-from charrnn.data.corpus import prepare
+from charrnn.config import SampleConfig
 from charrnn.errors import CharRNNError
 from charrnn.rundir import RunPaths, read_metrics
 from charrnn.sample.torch_engine import generate
@@ -131,19 +129,7 @@ def test_one_trainer_per_run(tmp_path: Path, corpus: Path, runner) -> None:
         proc.wait()
     # The dead trainer's lock is taken over.
     assert (run / ".lock").is_file()
-    assert Trainer(*_tiny_setup(tmp_path, corpus, run, resume=True)).run().status == "done"
-
-
-def _tiny_setup(tmp_path: Path, corpus: Path, run: Path, resume: bool = False, **train: object):
-    data = prepare(corpus, tmp_path / "data")
-    info = {"path": str(corpus), "sha256": data.sha256, "encoding": "utf-8", "chars": len(data.tokens)}
-    if resume:
-        ckpt = load_checkpoint(run / "last.pt")
-        cfg = TrainConfig(**{**ckpt.train_config.__dict__, "max_steps": ckpt.progress["step"] + 2, "time_budget": 0.0})
-        return ckpt.model_config, cfg, data, RunPaths(run), info, ckpt
-    mcfg = ModelConfig(vocab_size=len(data.vocab), num_layers=1, hidden_size=16)
-    cfg = TrainConfig(**{"batch_size": 4, "seq_len": 16, "max_steps": 20, "eval_every": 5, "device": "cpu", **train})
-    return mcfg, cfg, data, RunPaths(run), info, None
+    assert Trainer(*tiny_setup(tmp_path, corpus, run, resume=True)).run().status == "done"
 
 
 def poison(trainer: Trainer, bad_calls: set[int] | None) -> dict:
@@ -168,7 +154,7 @@ def all_finite(path: Path) -> bool:
 
 
 def test_nan_steps_are_skipped_and_counted(tmp_path: Path, corpus: Path) -> None:
-    trainer = Trainer(*_tiny_setup(tmp_path, corpus, tmp_path / "n"))
+    trainer = Trainer(*tiny_setup(tmp_path, corpus, tmp_path / "n"))
     poison(trainer, {4, 9})
     result = trainer.run()
     assert result.status == "done" and result.skipped == 2 and result.step == 20
@@ -176,7 +162,7 @@ def test_nan_steps_are_skipped_and_counted(tmp_path: Path, corpus: Path) -> None
 
 
 def test_nan_streak_rolls_back_with_lower_lr(tmp_path: Path, corpus: Path) -> None:
-    trainer = Trainer(*_tiny_setup(tmp_path, corpus, tmp_path / "r"))
+    trainer = Trainer(*tiny_setup(tmp_path, corpus, tmp_path / "r"))
     poison(trainer, {7, 8, 9})
     result = trainer.run()
     assert result.status == "done" and trainer.lr_scale == 0.5
@@ -186,7 +172,7 @@ def test_nan_streak_rolls_back_with_lower_lr(tmp_path: Path, corpus: Path) -> No
 
 
 def test_persistent_nan_stops_with_clear_error(tmp_path: Path, corpus: Path) -> None:
-    trainer = Trainer(*_tiny_setup(tmp_path, corpus, tmp_path / "p"))
+    trainer = Trainer(*tiny_setup(tmp_path, corpus, tmp_path / "p"))
     before = (tmp_path / "p").exists()
     poison(trainer, None)
     with pytest.raises(CharRNNError, match="diverged"):
@@ -197,7 +183,7 @@ def test_persistent_nan_stops_with_clear_error(tmp_path: Path, corpus: Path) -> 
 @pytest.mark.parametrize("failure", ["enospc", "readonly"])
 def test_unwritable_checkpoint_keeps_the_previous_one(tmp_path: Path, corpus: Path, monkeypatch, failure: str) -> None:
     run = tmp_path / "w"
-    Trainer(*_tiny_setup(tmp_path, corpus, run, max_steps=5)).run()
+    Trainer(*tiny_setup(tmp_path, corpus, run, max_steps=5)).run()
     good = (run / "last.pt").read_bytes()
     if failure == "enospc":
 
@@ -213,13 +199,13 @@ def test_unwritable_checkpoint_keeps_the_previous_one(tmp_path: Path, corpus: Pa
 
         monkeypatch.setattr(files_mod.os, "replace", replace)
         expected = "Read-only"
-    trainer = Trainer(*_tiny_setup(tmp_path, corpus, run, resume=True))
+    trainer = Trainer(*tiny_setup(tmp_path, corpus, run, resume=True))
     with pytest.raises(CharRNNError, match=expected):
         trainer.run()
     monkeypatch.undo()
     assert (run / "last.pt").read_bytes() == good
     assert not list(run.glob(".*.tmp"))
-    assert Trainer(*_tiny_setup(tmp_path, corpus, run, resume=True)).run().status == "done"
+    assert Trainer(*tiny_setup(tmp_path, corpus, run, resume=True)).run().status == "done"
 
 
 @pytest.mark.parametrize("name", ["../x", "/tmp/abs", "a\x00b", "x" * 300, ".hidden", "a/b", ""])
@@ -230,13 +216,13 @@ def test_run_names_cannot_escape(runner, corpus: Path, name: str) -> None:
 
 def test_exact_resume_includes_samples(tmp_path: Path, corpus: Path) -> None:
     whole = tmp_path / "whole"
-    Trainer(*_tiny_setup(tmp_path, corpus, whole, max_steps=16)).run()
+    Trainer(*tiny_setup(tmp_path, corpus, whole, max_steps=16)).run()
     part = tmp_path / "part"
     polls = iter(range(100))
-    stopped = Trainer(*_tiny_setup(tmp_path, corpus, part, max_steps=16), should_stop=lambda: next(polls) >= 8).run()
+    stopped = Trainer(*tiny_setup(tmp_path, corpus, part, max_steps=16), should_stop=lambda: next(polls) >= 8).run()
     assert stopped.status == "interrupted" and stopped.step == 8
     ckpt = load_checkpoint(part / "last.pt")
-    mcfg, cfg, data, run, info, _ = _tiny_setup(tmp_path, corpus, part, max_steps=16)
+    mcfg, cfg, data, run, info, _ = tiny_setup(tmp_path, corpus, part, max_steps=16)
     Trainer(mcfg, cfg, data, run, info, resume=ckpt).run()
     a, b = load_checkpoint(whole / "last.pt"), load_checkpoint(part / "last.pt")
     assert all(torch.equal(a.model_state[k], b.model_state[k]) for k in a.model_state)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_TRAIN, make_text
 
 import charrnn.training.loop as training
 from charrnn.cli import app
@@ -17,7 +18,6 @@ from charrnn.models.charrnn import CharRNN, SequenceDropout
 from charrnn.rundir import RunPaths, read_metrics
 from charrnn.training.loop import Trainer
 from charrnn.training.plan import EVAL_SHARE, MIN_SEQ, MIN_STEPS, SHAPE, count_lstm_params, plan_run
-from tests.conftest import TINY_TRAIN, make_text
 
 CPU = torch.device("cpu")
 

@@ -15,9 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TRAIN
-from test_cli import one_line_error
-from test_reliability import _tiny_setup
+from helpers import TINY_TRAIN, one_line_error, tiny_setup
 
 from charrnn import files as files_mod
 from charrnn.checkpoint import load_checkpoint
@@ -98,9 +96,9 @@ def test_the_lock_is_taken_before_the_checkpoint_is_read(runner, corpus: Path, t
 
 def test_a_resume_from_an_older_checkpoint_never_overwrites_newer_training(tmp_path: Path, corpus: Path) -> None:
     run = tmp_path / "r"
-    Trainer(*_tiny_setup(tmp_path, corpus, run, max_steps=4)).run()
-    first = Trainer(*_tiny_setup(tmp_path, corpus, run, resume=True))  # both read step 4
-    second = Trainer(*_tiny_setup(tmp_path, corpus, run, resume=True))
+    Trainer(*tiny_setup(tmp_path, corpus, run, max_steps=4)).run()
+    first = Trainer(*tiny_setup(tmp_path, corpus, run, resume=True))  # both read step 4
+    second = Trainer(*tiny_setup(tmp_path, corpus, run, resume=True))
     assert first.run().step == 6
     newer = (run / "last.pt").read_bytes()
     with pytest.raises(CharRNNError, match="written by another process"):
