@@ -25,7 +25,7 @@ from charrnn.data.corpus import Prepared, split
 from charrnn.device import bf16_supported, check_precision  # noqa: F401  (re-exported)
 from charrnn.errors import CharRNNError
 from charrnn.files import atomic_write_text, file_identity, link_or_copy, os_error
-from charrnn.limits import check_memory, model_nbytes_for_training
+from charrnn.limits import check_memory, model_nbytes_for_training, parameter_count
 from charrnn.models.charrnn import CharRNN, detach_state
 from charrnn.rundir import RunLock, RunPaths, append_event, keep_events_until
 from charrnn.training.distributed import Dist
@@ -263,7 +263,7 @@ class Trainer:
             "model": dataclasses.asdict(self.mcfg),
             "train": dataclasses.asdict(self.cfg),
             "corpus": self.corpus_info,
-            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "parameters": parameter_count(self.mcfg),
             "steps_per_epoch": self.batcher.steps_per_epoch,
             "device": str(self.device),
         }
