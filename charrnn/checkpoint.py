@@ -18,6 +18,7 @@ import torch
 from charrnn.config import FORMAT_VERSION, ModelConfig, TrainConfig, printable
 from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError
+from charrnn.exporting.safetensors_io import is_safetensors, read_model
 from charrnn.files import atomic_write
 from charrnn.limits import TooLargeError, check_memory, model_nbytes
 from charrnn.models.charrnn import CharRNN
@@ -87,6 +88,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CharRNNError(f"checkpoint '{path}' does not exist.")
+    if is_safetensors(path):
+        return _load_safetensors(path)
     try:
         with open(path, "rb") as f:
             fields = read_fields(open_archive(f, str(path)).payload, str(path))
@@ -130,6 +133,28 @@ def load_checkpoint(path: Path) -> Checkpoint:
         hidden=tuple(hidden) if hidden is not None else None,
         rng=rng,
         corpus=data.get("corpus") or {},
+        path=path,
+        nonfinite=nonfinite_tensors(state),
+    )
+
+
+def _load_safetensors(path: Path) -> Checkpoint:
+    """A weights-only checkpoint from a safetensors model (charrnn.exporting.safetensors_io): no
+    optimizer, default training settings; build_model checks the tensors against the config."""
+    cfg, arrays, vocab, meta = read_model(path)
+    state = {name: torch.from_numpy(a) for name, a in arrays.items()}
+    progress: dict[str, Any] = {}
+    try:
+        if "best_val" in meta:
+            progress["best_val"] = float(meta["best_val"])
+    except ValueError:
+        pass  # a label only: an unreadable one is left out
+    return Checkpoint(
+        model_config=cfg,
+        train_config=TrainConfig(),
+        vocab=vocab,
+        model_state=state,
+        progress=progress,
         path=path,
         nonfinite=nonfinite_tensors(state),
     )

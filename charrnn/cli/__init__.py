@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from charrnn.cli import neurons, runs, sample, train
+from charrnn.cli import export, neurons, runs, sample, train
 from charrnn.cli.common import PanelCommand, handle_errors
 
 app = typer.Typer(
@@ -61,6 +61,7 @@ for _name, _command in {
     "train": train.train,
     "sample": sample.sample,
     "eval": sample.evaluate_cmd,
+    "export": export.export_cmd,
     "runs": runs.runs,
     "info": runs.info,
     "curves": runs.curves_cmd,

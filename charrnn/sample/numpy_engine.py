@@ -26,9 +26,10 @@ from typing import Callable
 import numpy as np
 
 from charrnn import ptfile
-from charrnn.config import FUSED_MODELS, ModelConfig, SampleConfig
+from charrnn.config import FUSED_MODELS, ModelConfig, SampleConfig, printable
 from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError
+from charrnn.exporting.safetensors_io import is_safetensors, read_model
 from charrnn.limits import TooLargeError
 from charrnn.sample.draw import draw_text, sampling_context
 from charrnn.sample.numpy_net import GATES, NumpyNet, nonfinite_arrays, score  # noqa: F401  (score: the NumPy scorer)
@@ -85,6 +86,12 @@ def load(path: Path, weights: str = "fp32") -> tuple[NumpyNet, Vocab] | None:
     3 s import), and for weights the engine cannot run (int8 of non-finite weights). The
     returned network's `nonfinite` names the weights holding NaN or infinity.
     """
+    if is_safetensors(path):  # weights only, read by NumPy: its errors are final
+        loaded = _read_safetensors(path)
+        if loaded is None:
+            return None
+        cfg, arrays, vocab = loaded
+        return make_net(cfg, arrays, weights), vocab
     try:
         with open(path, "rb") as f:
             archive = ptfile.open_archive(f, str(path))
@@ -118,6 +125,23 @@ def _read(archive: ptfile.Archive, fields: ptfile.Fields) -> tuple[ModelConfig, 
     if any(state[name].shape != shape for name, shape in expected.items()):
         return None
     return cfg, {name: read_array(archive, ref) for name, ref in state.items()}, fields.vocab  # file order
+
+
+def _read_safetensors(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray], Vocab] | None:
+    """(config, weights, vocabulary) of a safetensors model, None for a kind this engine does not
+    serve; CharRNNError for weights that do not fit the config."""
+    cfg, arrays, vocab, _ = read_model(path)
+    if cfg.model not in FUSED_MODELS:
+        return None
+    expected = _expected_shapes(cfg)
+    for name in sorted(set(expected) | set(arrays)):
+        got = arrays[name].shape if name in arrays else None
+        if got != expected.get(name):
+            raise CharRNNError(
+                f"'{path}' does not match its config: tensor '{printable(name)[:60]}' has shape {got}, "
+                f"the config needs {expected.get(name)}."
+            )
+    return cfg, {name: arrays[name] for name in expected}, vocab
 
 
 @np.errstate(all="ignore")  # NaN from non-finite weights: the caller warns once
