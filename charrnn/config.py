@@ -136,9 +136,14 @@ class TrainConfig:
     val_streams: int = 32
     seed: int = 1337  # seeds weights, dropout and the stream layout
     device: DeviceName = "auto"  # auto = cuda when present
+    # Extra event logs beside metrics.jsonl, comma-separated LogKind names ("csv,tensorboard");
+    # a string, not a tuple, so that checkpoints store it like every other setting.
+    log: str = ""
 
     def __post_init__(self) -> None:
         _check_finite(self)
+        for kind in filter(None, self.log.split(",")):
+            _check(kind in typing.get_args(LogKind), f"unknown --log '{kind}': choose csv or tensorboard.")
         _check(1 <= self.batch_size <= MAX_WIDTH, f"--batch-size must be in [1, {MAX_WIDTH:,}].")
         _check(1 <= self.seq_len <= MAX_WIDTH, f"--seq-len must be in [1, {MAX_WIDTH:,}].")
         _check(self.lr > 0, "--lr must be positive.")
@@ -269,3 +274,14 @@ def parse_duration(text: str) -> float:
     if total <= 0:
         raise CharRNNError(f"duration '{text}' must be positive.")
     return total
+
+
+ExportFormat = Literal["safetensors", "onnx", "torchscript"]  # what `charrnn export` writes
+
+
+# task:execute training lines: all at the given level, or half at random easier levels
+Curriculum = Literal["plain", "mixed"]
+
+
+# Event logs `train --log` writes beside metrics.jsonl (charrnn/training/logs.py)
+LogKind = Literal["csv", "tensorboard"]

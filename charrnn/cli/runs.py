@@ -27,11 +27,18 @@ def runs(
     check: Annotated[
         bool, typer.Option("--check", help="Load every checkpoint and report damaged ones (exit 1 if any).")
     ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print one JSON array of the runs for scripts, nothing else on stdout."),
+    ] = False,
 ) -> None:
     """List runs, most recent first, with their disk usage."""
     from charrnn.rundir import checkpoint_files, disk_usage, last_written, list_runs
 
     found = list_runs(runs_dir)
+    if as_json:
+        typer.echo(json.dumps([run_record(r) for r in found], indent=2))
+        return
     if not found:
         err.print(f"no runs in '{runs_dir}' yet: train one with `charrnn train shakespeare`.")
         return
@@ -72,6 +79,32 @@ def runs(
             when,
         )
     out.print(table)
+
+
+def run_record(run: Any) -> dict:
+    """What `runs --json` prints for one run; unknown fields (a damaged config.json) are null.
+    best_val is in nats/char; last_written is seconds since the epoch."""
+    from charrnn.rundir import last_written
+
+    config, _ = _read_config(run.config)
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    corpus = config.get("corpus") if isinstance(config.get("corpus"), dict) else {}
+    summary = _summary(run)
+
+    def whole(value: Any) -> int | None:
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    return {
+        "name": run.dir.name,
+        "path": str(run.dir),
+        "step": summary["step"],
+        "best_val": summary["best_val"] if math.isfinite(summary["best_val"]) else None,
+        "model": model.get("model") if isinstance(model.get("model"), str) else None,
+        "num_layers": whole(model.get("num_layers")),
+        "hidden_size": whole(model.get("hidden_size")),
+        "corpus": corpus.get("path") if isinstance(corpus.get("path"), str) else None,
+        "last_written": last_written(run),
+    }
 
 
 def _read_config(path: Path) -> tuple[dict, str]:

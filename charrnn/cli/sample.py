@@ -183,6 +183,9 @@ def evaluate_cmd(
         str, typer.Option(help="task:* only: example lengths to score, e.g. 10,20,50,100.")
     ] = "5,10,20,50",
     examples: Annotated[int, typer.Option(help="task:* only: examples per length.")] = 500,
+    nesting: Annotated[
+        str, typer.Option(help="task:execute only: nesting levels to score (--lengths gives the digits), e.g. 1,2.")
+    ] = "1,2",
     seed: Annotated[int, typer.Option(help="task:* only: seed of the generated examples.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Parallel streams while scoring.")] = 32,
     seq_len: Annotated[int, typer.Option(help="Characters per chunk (state is carried across).")] = 256,
@@ -212,7 +215,10 @@ def evaluate_cmd(
     if file.startswith("task:"):
         from charrnn.checkpoint import load_checkpoint
 
-        _eval_task(load_checkpoint(path), path, file, lengths, examples, seed, as_json)
+        if file == "task:execute":
+            _eval_execute(load_checkpoint(path), path, lengths, nesting, examples, seed, as_json)
+        else:
+            _eval_task(load_checkpoint(path), path, file, lengths, examples, seed, as_json)
         return
     sampler = open_sampler(path, engine, weights, device, purpose="score")
     text = read_text(file, "bytes" if sampler.vocab.byte_level else "utf-8")
@@ -283,4 +289,32 @@ def _eval_task(ckpt: Any, path: Path, task: str, lengths: str, examples: int, se
         table.add_column(col, justify="right")
     for n in sizes:
         table.add_row(str(n), f"{accuracy[n]:.3f}", f"{chance[n]:.3f}")
+    out.print(table)
+
+
+def _eval_execute(ckpt: Any, path: Path, lengths: str, nesting: str, examples: int, seed: int, as_json: bool) -> None:
+    """task:execute: greedy exact match and teacher-forced character accuracy per (digits, nesting)."""
+    from charrnn.checkpoint import build_model
+    from charrnn.rundir import to_json
+    from charrnn.training.execute_eval import execute_accuracy
+
+    try:
+        digits = [int(v) for v in lengths.split(",") if v.strip()]
+        nests = [int(v) for v in nesting.split(",") if v.strip()]
+    except ValueError:
+        raise CharRNNError(f"--lengths and --nesting must be comma-separated integers, got '{lengths}', '{nesting}'.")
+    if not digits or not nests or examples < 1:
+        raise CharRNNError("--lengths and --nesting need integers and --examples at least 1.")
+    levels = [(d, n) for d in digits for n in nests]
+    scores = execute_accuracy(build_model(ckpt), ckpt.vocab, levels, examples, seed)
+    if as_json:
+        rows = [{"digits": d, "nesting": n, **scores[(d, n)]} for d, n in levels]
+        result = {"checkpoint": str(path), "task": "task:execute", "examples": examples, "results": rows}
+        return out.print_json(to_json(result))
+    cfg = ckpt.model_config
+    table = Table(title=f"task:execute: {cfg.model} {cfg.num_layers}x{cfg.hidden_size}")
+    for col in ("digits", "nesting", "exact match (greedy)", "char accuracy (teacher forced)"):
+        table.add_column(col, justify="right")
+    for d, n in levels:
+        table.add_row(str(d), str(n), f"{scores[(d, n)]['exact']:.3f}", f"{scores[(d, n)]['char']:.3f}")
     out.print(table)

@@ -7,8 +7,9 @@ import os
 import signal
 import sys
 import time
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, get_args
 
 import typer
 
@@ -26,11 +27,14 @@ from charrnn.cli.common import (
     in_panel,
     out,
 )
-from charrnn.config import DropoutMask, ModelKind, Precision, Preset
+from charrnn.config import Curriculum, DropoutMask, LogKind, ModelKind, Precision, Preset
 
 
 def prepare(
-    corpus: Annotated[str, typer.Argument(help="Text file, or a built-in name: shakespeare.")],
+    corpus: Annotated[
+        list[str],
+        typer.Argument(help="Text files, folders (their files, recursively) or glob patterns, or a built-in name."),
+    ],
     encoding: Encoding = "utf-8",
     data_dir: DataDir = Path("data"),
     corpus_url: Annotated[
@@ -40,13 +44,15 @@ def prepare(
 ) -> None:
     """Encode a corpus once into the token cache (train does this itself)."""
     from charrnn.data.corpus import prepare as prepare_corpus
-    from charrnn.data.corpus import resolve_corpus
+    from charrnn.data.corpus import resolve_sources
 
     t0 = time.perf_counter()
-    data = prepare_corpus(resolve_corpus(corpus, data_dir, corpus_url), data_dir, encoding)
+    data = prepare_corpus(resolve_sources(corpus, data_dir, corpus_url), data_dir, encoding)
     _print_notes(data, quiet=False)
     table = Table(show_header=False, box=None)
-    table.add_row("corpus", str(data.source))
+    table.add_row(
+        "corpus", str(data.source) + (f" and {len(data.files) - 1} more file(s)" if len(data.files) > 1 else "")
+    )
     table.add_row("characters", f"{len(data.tokens):,}")
     table.add_row("vocabulary", f"{len(data.vocab)} symbols ({data.tokens.dtype})")
     table.add_row("sha256", data.sha256)
@@ -59,10 +65,18 @@ def prepare(
 MODEL, TRAINING, DATA, OUTPUT, DISTRIBUTED = PANELS[:5]
 
 
+# Typer lists Literal choices but not a repeatable list of them: the same names as an Enum.
+LogChoice = Enum("LogChoice", {kind: kind for kind in get_args(LogKind)}, type=str)  # type: ignore[misc]
+
+
 def train(
     corpus: Annotated[
-        Optional[str],
-        typer.Argument(help="Text file or built-in name (shakespeare). Optional with --resume.", show_default=False),
+        Optional[list[str]],
+        typer.Argument(
+            help="Text files, folders (their files, recursively, joined by a blank line), glob patterns, "
+            "or a built-in name (shakespeare). Optional with --resume.",
+            show_default=False,
+        ),
     ] = None,
     name: Annotated[
         Optional[str],
@@ -236,6 +250,13 @@ def train(
     task_chars: Annotated[
         int, typer.Option(help="task:* corpora: characters generated.", rich_help_panel=DATA)
     ] = 1_000_000,
+    nesting: Annotated[
+        int, typer.Option(help="task:execute: operations nested in each program.", rich_help_panel=DATA)
+    ] = 1,
+    curriculum: Annotated[
+        Curriculum,
+        typer.Option(help="task:execute: mixed = half the lines at random easier levels.", rich_help_panel=DATA),
+    ] = "plain",
     runs_dir: in_panel(RunsDir, OUTPUT) = Path("checkpoints"),
     log_every: Annotated[
         Optional[int], typer.Option(help="Log every N steps.  [default: 10]", rich_help_panel=OUTPUT)
@@ -243,6 +264,13 @@ def train(
     keep_last: Annotated[
         Optional[int],
         typer.Option(help="Keep the last N periodic step-N.pt checkpoints too.  [default: 0]", rich_help_panel=OUTPUT),
+    ] = None,
+    log: Annotated[
+        Optional[list[LogChoice]],
+        typer.Option(
+            help="Also log the events to metrics.csv or TensorBoard (repeatable; metrics.jsonl is always written).",
+            rich_help_panel=OUTPUT,
+        ),
     ] = None,
     quiet: in_panel(Quiet, OUTPUT) = False,
     nproc: Annotated[
@@ -257,7 +285,7 @@ def train(
     ] = 1800.0,
 ) -> None:
     """Train a model on a text file, a built-in corpus (shakespeare) or a memory task
-    (task:parity, task:brackets, task:copy); checkpoints go to RUNS_DIR/NAME/."""
+    (task:parity, task:brackets, task:copy, task:execute); checkpoints go to RUNS_DIR/NAME/."""
     from charrnn.training.distributed import DistConfig, exec_torchrun, init_from_env
 
     dcfg = DistConfig(nproc=nproc, timeout=dist_timeout)
@@ -267,6 +295,8 @@ def train(
     from charrnn.training.setup import Aborted, process_age, train_run
 
     settings = {k: v for k, v in locals().items() if k in _SETTINGS}
+    if log:
+        settings["log"] = [kind.value for kind in log]
     dist = init_from_env(device, dcfg.timeout, os.environ)  # one process unless started by torchrun
     speak = not quiet and dist.is_main
     progress = TrainProgress() if speak else None
@@ -288,7 +318,7 @@ def train(
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         done = train_run(
-            corpus,
+            (corpus[0] if len(corpus) == 1 else corpus) if corpus else None,
             name=name,
             resume=resume,
             preset=preset,
@@ -300,6 +330,8 @@ def train(
             length_min=length_min,
             length_max=length_max,
             task_chars=task_chars,
+            nesting=nesting,
+            curriculum=curriculum,
             on_event=progress,
             on_note=_print_note if speak else None,
             should_stop=lambda: bool(stop["signal"]),
@@ -356,6 +388,7 @@ _SETTINGS = (
     "val_frac",
     "log_every",
     "keep_last",
+    "log",
 )
 
 

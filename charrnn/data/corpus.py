@@ -4,7 +4,9 @@
 a corpus far larger than memory works. The encoded corpus lives in the prepared-data
 cache (charrnn/data/cache.py: `<data_dir>/cache/<sha256[:16]>-<encoding>[-v<hash>]/`),
 which is checked against pass 1 every time it is opened and rebuilt when damaged.
-`read_text` (prime and eval text) decodes exactly as `prepare` does.
+`read_text` (prime and eval text) decodes exactly as `prepare` does. A corpus can be
+several files (`resolve_sources`: folders, glob patterns): they are streamed one after
+another with SEPARATOR between them, and the hash covers the whole stream.
 The file stays whole: both readers must share the one decoder and its error messages.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import glob
 import hashlib
 import http.client
 import os
@@ -19,7 +22,7 @@ import stat
 import sys
 import tempfile
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -62,6 +65,7 @@ class Prepared:
     source: Path
     encoding: str
     notes: tuple[str, ...] = ()  # what preparing had to repair (a damaged cache rebuilt), one line each, for the user
+    files: tuple[tuple[str, int], ...] = ()  # (path, bytes) of each file of the stream, in order
 
 
 @contextlib.contextmanager
@@ -81,6 +85,68 @@ def resolve_corpus(name: str, data_dir: Path, url: str | None = None) -> Path:
             return fetch_builtin(name, data_dir, url)
         _file_mode(path, "corpus")
     return path
+
+
+# Files of a corpus made of several are joined with a blank line: "\n" is in any text's
+# vocabulary (a file without one still gets it from the separator), and a document
+# boundary then reads like a paragraph break.
+SEPARATOR = "\n\n"
+_GLOB = frozenset("*?[")
+
+
+def resolve_sources(names: str | Path | Sequence[str | Path], data_dir: Path, url: str | None = None) -> list[Path]:
+    """The files of a corpus given as one or more sources, in stream order.
+
+    A folder means its regular files, recursively, hidden files and folders skipped, sorted
+    by path; a glob pattern is expanded here, sorted; a file or a built-in name is itself.
+    Raises CharRNNError naming the source that matches no file.
+    """
+    names = [names] if isinstance(names, (str, Path)) else list(names)
+    if not names:
+        raise CharRNNError("give a corpus: a text file, a folder, a glob pattern or a built-in name.")
+    files: list[Path] = []
+    for name in map(str, names):
+        if _GLOB & set(name) and not os.path.lexists(name):
+            found = [Path(p) for p in sorted(glob.glob(name, recursive=True))]
+        elif os.path.isdir(name):
+            found = [Path(name)]
+        else:
+            files.append(resolve_corpus(name, data_dir, url))
+            continue
+        expanded = [f for p in found for f in (_folder_files(p) if p.is_dir() else [p])]
+        if not expanded:
+            raise CharRNNError(f"corpus source '{name}' matches no file: check the path or the pattern.")
+        for path in expanded:
+            with _os_errors(f"opening corpus '{path}'"):
+                _file_mode(path, "corpus")
+        files.extend(expanded)
+    # A file named by two sources (a folder and a pattern) is read once, where it first came.
+    seen: set[str] = set()
+    return [f for f in files if not (str(f.resolve()) in seen or seen.add(str(f.resolve())))]  # type: ignore[func-returns-value]
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """Files under `folder` (not following linked folders), hidden ones and hidden folders skipped."""
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(Path(root) / n for n in names if not n.startswith("."))
+    return sorted(found)
+
+
+def file_list(files: Sequence[Path]) -> list[dict]:
+    """What a run records of its corpus files: absolute path and size in bytes."""
+    return [{"path": str(Path(f).resolve()), "bytes": os.stat(f).st_size} for f in files]
+
+
+def changed_files(recorded: list[dict], current: list[dict]) -> str:
+    """What differs between two `file_list`s, in words ('' when the lists agree)."""
+    before = {r.get("path"): r.get("bytes") for r in recorded if isinstance(r, dict)}
+    after = {r["path"]: r["bytes"] for r in current}
+    parts = [f"file added: {p}" for p in after if p not in before]
+    parts += [f"file removed: {p}" for p in before if p not in after]
+    parts += [f"file changed: {p}" for p in after if p in before and before[p] != after[p]]
+    return "; ".join(parts[:3]) + (f" (and {len(parts) - 3} more)" if len(parts) > 3 else "")
 
 
 def fetch_builtin(name: str, data_dir: Path, url: str | None = None) -> Path:
@@ -242,15 +308,18 @@ def _codepoint_chunks(path: Path, encoding: str, on_bytes: Callable[[bytes], Non
 # Preparing: pass 1 (hash, symbols, count), the cache, pass 2 when it must be (re)built.
 
 
-def prepare(path: Path, data_dir: Path, encoding: str = "utf-8", vocab: Vocab | None = None) -> Prepared:
+def prepare(
+    path: Path | Sequence[Path], data_dir: Path, encoding: str = "utf-8", vocab: Vocab | None = None
+) -> Prepared:
     """Encode `path` into the token cache (once per content hash) and map it.
 
     `vocab` fixes the vocabulary (e.g. a task's full alphabet) instead of
     taking the file's own symbols. Raises CharRNNError for an empty or
     undecodable file, one with symbols outside a given `vocab`, or an OS error.
     """
-    path, encoding = Path(path), check_encoding(encoding)
-    with _os_errors(f"preparing '{path}'"):
+    files = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+    path, encoding = (files[0] if len(files) == 1 else files), check_encoding(encoding)  # type: ignore[assignment]
+    with _os_errors(f"preparing '{files[0]}'"):
         sha, symbols, count = _scan(path, encoding)
         expected = _vocab_for(path, symbols, encoding, vocab)
         folder = cache.folder_for(Path(data_dir), sha, encoding, vocab)
@@ -259,44 +328,64 @@ def prepare(path: Path, data_dir: Path, encoding: str = "utf-8", vocab: Vocab | 
         tokens, notes = cache.open_or_build(
             folder, expected, count, lambda into: _encode_into(path, encoding, expected, count, into, sha)
         )
-    return Prepared(tokens=tokens, vocab=expected, sha256=sha, source=path, encoding=encoding, notes=notes)
+    sizes = tuple((str(f), os.stat(f).st_size) for f in files)
+    return Prepared(
+        tokens=tokens, vocab=expected, sha256=sha, source=files[0], encoding=encoding, notes=notes, files=sizes
+    )
 
 
-def _scan(path: Path, encoding: str) -> tuple[str, np.ndarray, int]:
+def _label(path: Path | list[Path]) -> str:
+    return f"'{path}'" if isinstance(path, Path) else f"'{path[0]}' and {len(path) - 1} more file(s)"
+
+
+def _stream_chunks(path: Path | list[Path], encoding: str, on_bytes: Callable[[bytes], None]) -> Iterator[np.ndarray]:
+    """The code points of one file, or of several joined by SEPARATOR (hashed as its UTF-8 bytes)."""
+    if isinstance(path, Path):
+        yield from _codepoint_chunks(path, encoding, on_bytes)
+        return
+    sep = np.array([ord(c) for c in SEPARATOR], dtype=np.uint32)
+    for i, one in enumerate(path):
+        if i:
+            on_bytes(SEPARATOR.encode("utf-8"))
+            yield sep
+        yield from _codepoint_chunks(one, encoding, on_bytes)
+
+
+def _scan(path: Path | list[Path], encoding: str) -> tuple[str, np.ndarray, int]:
     """Pass 1: the content's sha256, its sorted code points and its character count."""
     digest = hashlib.sha256()
     seen = np.zeros(0x110000, dtype=bool)
     count = 0
-    for cps in _codepoint_chunks(path, encoding, digest.update):
+    for cps in _stream_chunks(path, encoding, digest.update):
         seen[np.unique(cps) if cps.size < 4096 else np.flatnonzero(np.bincount(cps))] = True
         count += cps.size
     if count == 0:
-        raise CharRNNError(f"corpus '{path}' is empty: give it some text.")
+        raise CharRNNError(f"corpus {_label(path)} is empty: give it some text.")
     return digest.hexdigest(), np.flatnonzero(seen), count
 
 
-def _vocab_for(path: Path, symbols: np.ndarray, encoding: str, fixed: Vocab | None) -> Vocab:
+def _vocab_for(path: Path | list[Path], symbols: np.ndarray, encoding: str, fixed: Vocab | None) -> Vocab:
     if fixed is None:
         return vocab_from_codepoints(symbols, byte_level=encoding == "bytes")
     outside = sorted({chr(c) for c in symbols} - set(fixed.chars))
     if outside:
-        raise CharRNNError(f"'{path}' has symbols outside the fixed vocabulary: {outside[:10]}.")
+        raise CharRNNError(f"{_label(path)} has symbols outside the fixed vocabulary: {outside[:10]}.")
     return fixed
 
 
-def _encode_into(path: Path, encoding: str, vocab: Vocab, count: int, folder: Path, sha: str = "") -> None:
+def _encode_into(path: Path | list[Path], encoding: str, vocab: Vocab, count: int, folder: Path, sha: str = "") -> None:
     """Pass 2: write the cache folder (through cache.store: a temp folder renamed into place)."""
     cache.store(folder, vocab, count, _ids(path, encoding, vocab, sha))
 
 
-def _ids(path: Path, encoding: str, vocab: Vocab, sha: str) -> Iterator[np.ndarray]:
+def _ids(path: Path | list[Path], encoding: str, vocab: Vocab, sha: str) -> Iterator[np.ndarray]:
     """The file's ids, chunk by chunk; raises when the file is no longer what pass 1 read."""
     codepoints = vocab.codepoints
     lut = np.full(int(codepoints.max()) + 1, len(vocab), dtype=np.uint32)  # len(vocab): not a symbol
     lut[codepoints] = np.arange(len(vocab))
     dtype, digest = token_dtype(len(vocab)), hashlib.sha256()
-    changed = CharRNNError(f"'{path}' changed while it was being prepared: run the command again.")
-    for cps in _codepoint_chunks(path, encoding, digest.update):
+    changed = CharRNNError(f"{_label(path)} changed while it was being prepared: run the command again.")
+    for cps in _stream_chunks(path, encoding, digest.update):
         if cps.size and int(cps.max()) >= len(lut):
             raise changed
         ids = lut[cps]

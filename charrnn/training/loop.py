@@ -30,6 +30,7 @@ from charrnn.models.charrnn import CharRNN, detach_state
 from charrnn.rundir import RunLock, RunPaths, append_event, keep_events_until
 from charrnn.training.distributed import Dist
 from charrnn.training.evaluate import VAL_CHUNK, evaluate
+from charrnn.training.logs import EventSinks
 
 BAD_STEPS_BEFORE_ROLLBACK = 3  # consecutive non-finite steps before rolling back
 
@@ -100,6 +101,7 @@ class Trainer:
         self.dist = dist if dist is not None else Dist()  # ranks under torchrun; Dist() = one process
         self.mcfg, self.cfg, self.run_paths = model_cfg, train_cfg, run
         self.on_event, self.should_stop = on_event, self.dist.agreed(should_stop)
+        self.sinks = EventSinks(None)  # metrics.csv, TensorBoard: opened by run() on rank 0
         self.vocab = data.vocab
         self.corpus_info = corpus_info
         self.device = self.dist.pick_device(train_cfg.device)
@@ -275,6 +277,7 @@ class Trainer:
         event = {"time": round(self.elapsed, 3), **event}
         if event["event"] in ("train", "eval", "start", "end", "skip", "rollback", "early_stop"):
             append_event(self.run_paths, event)
+            self.sinks.write(event)
         self.on_event(event)
 
     # -- loop ----------------------------------------------------------------------------
@@ -329,7 +332,8 @@ class Trainer:
         try:
             with RunLock(self.run_paths):
                 keep_events_until(self.run_paths, self.step)
-                return self._run()
+                with EventSinks(self.run_paths.dir, self.cfg.log, self.step) as self.sinks:
+                    return self._run()
         except OSError as exc:  # metrics or config refused by the disk; checkpoints say so themselves
             raise os_error(exc, f"training run '{self.run_paths.dir.name}'") from None
 

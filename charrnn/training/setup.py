@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from typing import Any
 from charrnn.config import ModelConfig, Preset, TrainConfig, parse_duration
 from charrnn.errors import CharRNNError
 from charrnn.rundir import RunLock, RunPaths, default_run_name, new_run, resolve_checkpoint, run_paths
+from charrnn.training.logs import check_tensorboard
 
 Note = Callable[[str], None]
 Event = dict[str, Any]
@@ -38,7 +40,7 @@ Event = dict[str, Any]
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size")
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 STOPS = ("epochs", "max_steps", "time_budget")  # may change on resume
-RUNTIME = ("device", "precision", "eval_every", "log_every", "keep_last")  # may change on resume too
+RUNTIME = ("device", "precision", "eval_every", "log_every", "keep_last", "log")  # may change on resume too
 DEFAULT_BUDGET = 600.0  # seconds trained when no stop criterion is given
 
 
@@ -86,6 +88,8 @@ def train_run(
     length_min: int = 1,
     length_max: int = 20,
     task_chars: int = 1_000_000,
+    nesting: int = 1,
+    curriculum: str = "plain",
     on_event: Callable[[Event], None] | None = None,
     on_note: Note | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -102,7 +106,7 @@ def train_run(
     Raises CharRNNError; `Aborted` when a second stop request ends training at once.
     """
     from charrnn.data.corpus import prepare as prepare_corpus
-    from charrnn.data.corpus import resolve_corpus
+    from charrnn.data.corpus import resolve_sources
     from charrnn.training.distributed import Dist
     from charrnn.training.loop import check_precision
 
@@ -120,11 +124,15 @@ def train_run(
     }
     TrainConfig(**stops)  # a bad stop (epochs=nan) fails before any work
     runtime = {k: given.pop(k) for k in RUNTIME if k in given}
+    if not isinstance(runtime.get("log", ""), str):  # log=["csv", "tensorboard"] from the API or the CLI
+        runtime["log"] = ",".join(dict.fromkeys(runtime["log"]))
+    if "tensorboard" in runtime.get("log", "").split(","):
+        check_tensorboard()  # before any work: the missing extra is one error line
     if encoding != "utf-8":
         given["encoding"] = encoding  # refused on resume like any other setting of the run
     check_precision(runtime.get("precision", "fp32"), dist.pick_device(runtime.get("device", "auto")))
     # Rank 0 downloads and encodes the corpus first; the other ranks then map its cache.
-    resolve, prepare = dist.main_first(resolve_corpus), dist.main_first(prepare_corpus)
+    resolve, prepare = dist.main_first(resolve_sources), dist.main_first(prepare_corpus)
     runs_dir, data_dir = Path(runs_dir), Path(data_dir)
     session = _Session(dist, on_event, note, should_stop, spent, t0)
 
@@ -156,15 +164,18 @@ def train_run(
 
     if corpus is None:
         raise CharRNNError("give a corpus to train on, e.g. `charrnn train shakespeare`, or --resume RUN.")
-    corpus = str(corpus)
+    sources = [str(c) for c in corpus] if isinstance(corpus, (list, tuple)) else [str(corpus)]
+    corpus = sources[0] if len(sources) == 1 else sources[0].rstrip("/*") or "corpus"  # names the run
     given.pop("encoding", None)
     task = corpus if corpus.startswith("task:") else None
     run = run_paths(runs_dir, name if name is not None else dist.from_main(default_run_name, corpus.replace(":", "-")))
     with new_run(run) if dist.is_main else contextlib.nullcontext():
         if task:
-            data = _prepare_task(task, length_min, length_max, task_chars, given.get("seed", 1337), data_dir)
+            data = _prepare_task(
+                task, length_min, length_max, task_chars, given.get("seed", 1337), data_dir, nesting, curriculum
+            )
         else:
-            data = prepare(resolve(corpus, data_dir, corpus_url), data_dir, encoding)
+            data = prepare(resolve(sources, data_dir, corpus_url), data_dir, encoding)
         _notes(data, note)
         notice = ""
         if not any(stops.values()):
@@ -178,7 +189,7 @@ def train_run(
             raise CharRNNError("--preset needs the planner: drop --no-auto (or give the sizes as flags).")
         mcfg = ModelConfig(vocab_size=len(data.vocab), **{k: v for k, v in given.items() if k in MODEL_FIELDS})
         tcfg = TrainConfig(**{k: v for k, v in given.items() if k in TRAIN_FIELDS}, **stops, **runtime)
-        info = _corpus_info(data, task)
+        info = _corpus_info(data, task, sources)
         if planned is not None:
             info["plan"] = planned.summary()
             note(describe_plan(planned, mcfg, tcfg))
@@ -238,12 +249,22 @@ def _resume(
     from charrnn.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
-    source = str(corpus) if corpus is not None else ckpt.corpus.get("path")
-    if not source or not isinstance(source, str):
+    recorded = ckpt.corpus.get("sources")
+    source = corpus if corpus is not None else recorded if isinstance(recorded, list) else ckpt.corpus.get("path")
+    if not source or not isinstance(source, (str, list, tuple)):
         raise CharRNNError("the run does not record its corpus: pass the corpus file.")
     enc = ckpt.corpus.get("encoding", "utf-8")
     fixed = ckpt.vocab if ckpt.corpus.get("task") else None
-    data = prepare(resolve(source, data_dir, corpus_url), data_dir, enc if isinstance(enc, str) else "utf-8", fixed)
+    from charrnn.data.corpus import changed_files, file_list
+
+    files = resolve(source, data_dir, corpus_url)
+    if isinstance(ckpt.corpus.get("files"), list):  # name what changed before reading it all
+        changed = changed_files(ckpt.corpus["files"], file_list(files))
+        if changed:
+            raise CharRNNError(
+                f"the corpus of run '{run.dir.name}' changed ({changed}): restore its files or start a new run."
+            )
+    data = prepare(files, data_dir, enc if isinstance(enc, str) else "utf-8", fixed)
     _notes(data, note)
     if data.sha256 != ckpt.corpus.get("sha256"):
         raise CharRNNError(
@@ -254,7 +275,14 @@ def _resume(
     tcfg = dataclasses.replace(ckpt.train_config, **new_stops, **runtime)
     task = ckpt.corpus.get("task")
     return session.train(
-        ckpt.model_config, tcfg, data, run, _corpus_info(data, task if isinstance(task, str) else None), ckpt, 0.0, None
+        ckpt.model_config,
+        tcfg,
+        data,
+        run,
+        _corpus_info(data, task if isinstance(task, str) else None, source if isinstance(source, list) else None),
+        ckpt,
+        0.0,
+        None,
     )
 
 
@@ -354,7 +382,7 @@ class _TrainSpeed:
         return self.chars / self.seconds if self.seconds else 0.0
 
 
-def _corpus_info(data: Any, task: str | None) -> dict:
+def _corpus_info(data: Any, task: str | None, sources: list[str] | None = None) -> dict:
     info = {
         "path": str(Path(data.source).resolve()),
         "sha256": data.sha256,
@@ -363,6 +391,11 @@ def _corpus_info(data: Any, task: str | None) -> dict:
     }
     if task:
         info["task"] = task
+    if len(data.files) > 1 or (sources and len(sources) > 1):  # several files: what resume checks
+        from charrnn.data.corpus import file_list
+
+        info["sources"] = [os.path.abspath(s) for s in sources or []]
+        info["files"] = file_list([Path(p) for p, _ in data.files])
     return info
 
 
@@ -423,16 +456,26 @@ def describe_plan(plan: Any, mcfg: ModelConfig, tcfg: TrainConfig) -> str:
     return "\n".join(lines)
 
 
-def _prepare_task(name: str, length_min: int, length_max: int, chars: int, seed: int, data_dir: Path) -> Any:
+def _prepare_task(
+    name: str,
+    length_min: int,
+    length_max: int,
+    chars: int,
+    seed: int,
+    data_dir: Path,
+    nesting: int = 1,
+    curriculum: str = "plain",
+) -> Any:
     """Generate a task:* corpus once into data_dir/tasks/ and prepare it with the task's alphabet."""
     from charrnn.data.corpus import prepare as prepare_corpus
     from charrnn.data.tasks import generate_task, task_vocab
 
     vocab = task_vocab(name)
-    path = Path(data_dir) / "tasks" / f"{name[5:]}-{length_min}-{length_max}-{chars}-{seed}.txt"
+    levels = f"-{nesting}-{curriculum}" if name == "task:execute" else ""  # task:execute's own knobs
+    path = Path(data_dir) / "tasks" / f"{name[5:]}-{length_min}-{length_max}-{chars}-{seed}{levels}.txt"
     if not path.is_file():
         from charrnn.checkpoint import atomic_write
 
-        text = generate_task(name, length_min, length_max, chars, seed)
+        text = generate_task(name, length_min, length_max, chars, seed, nesting, curriculum)
         atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     return prepare_corpus(path, data_dir, "utf-8", vocab)
