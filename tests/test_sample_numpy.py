@@ -172,6 +172,22 @@ def test_a_long_prime_goes_to_torch(runner, trained: str, monkeypatch) -> None:
     assert open_sampler(path, engine="numpy", prime_len=7).engine == "numpy"  # unless numpy is asked for
     long = runner.invoke(app, args)
     assert long.exit_code == 0 and long.stdout == short.stdout
-    sampler = open_sampler(path)  # prime unknown when opened: the switch happens at generate
-    sampler.generate("The cat", SampleConfig(length=5, seed=1))
-    assert sampler.engine == "torch"
+    sampler = open_sampler(path)  # prime unknown when opened: torch reads it at generate
+    text = sampler.generate("The cat", SampleConfig(length=5, seed=1))
+    assert text == open_sampler(path, engine="torch").generate("The cat", SampleConfig(length=5, seed=1))
+    assert sampler.engine == "numpy"  # the shared sampler is not switched: short primes stay on numpy
+
+
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+def test_one_sampler_shared_by_threads_gives_each_call_its_own_text(trained: str, engine: str) -> None:
+    """A server shares one Sampler: eight threads with eight seeds each get what a lone call gets."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from charrnn.rundir import resolve_checkpoint
+    from charrnn.sample import open_sampler
+
+    sampler = open_sampler(resolve_checkpoint(trained, Path("checkpoints")), engine=engine)
+    alone = [sampler.generate("The ", SampleConfig(length=60, seed=s)) for s in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda s: sampler.generate("The ", SampleConfig(length=60, seed=s)), range(8)))
+    assert together == alone and len(set(alone)) > 1

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from charrnn.cli import export, neurons, runs, sample, train
+from charrnn.cli import evaluate, export, neurons, runs, sample, train
 from charrnn.cli.common import PanelCommand, handle_errors
 
 app = typer.Typer(
@@ -60,7 +60,7 @@ for _name, _command in {
     "prepare": train.prepare,
     "train": train.train,
     "sample": sample.sample,
-    "eval": sample.evaluate_cmd,
+    "eval": evaluate.evaluate_cmd,
     "export": export.export_cmd,
     "runs": runs.runs,
     "info": runs.info,

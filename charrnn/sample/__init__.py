@@ -20,6 +20,7 @@ This module imports neither torch nor numba (nor NumPy): each engine is imported
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -66,7 +67,13 @@ class Sampler:
     """One checkpoint on one engine: `generate` text after a prime, `score` a text.
 
     `engine` is "numpy" or "torch" (what serves now), `nonfinite` names the weights
-    holding NaN or infinity (the text will be noise: callers may warn)."""
+    holding NaN or infinity (the text will be noise: callers may warn).
+
+    One Sampler may be shared between threads (a server): the engines' steps keep scratch
+    buffers per batch size, so `generate` and `score` hold the Sampler's lock while they
+    step, and nothing the policy above decides per call (the engine for a long prime, the
+    fast step) is changed on the shared object. Threads that must step in parallel each
+    open their own Sampler."""
 
     def __init__(self, path: Path, engine: str, weights: str, device: str, purpose: str) -> None:
         self.path = path
@@ -81,6 +88,8 @@ class Sampler:
         self._net: Any = None  # the NumPy network, on numpy
         self._model: Any = None  # the torch model (quantized for scoring), on torch
         self._stepper: Any = None  # its fast step, for sampling on torch
+        self._long: Sampler | None = None  # torch, for primes too long for the NumPy engine
+        self._lock = threading.RLock()
 
     def _use_numpy(self, net: Any, vocab: Any) -> None:
         self.engine, self._net, self.vocab, self.config = "numpy", net, vocab, net.cfg
@@ -115,19 +124,23 @@ class Sampler:
         Raises CharRNNError for characters outside the vocabulary."""
         emit = emit or (lambda _piece: None)
         self.vocab.encode(prime)  # unknown characters: an error before anything is drawn
-        if self.engine == "numpy" and self.requested == "auto" and len(prime) > _max_prime():
-            self._use_torch()  # a long prime: torch reads it in one pass
-        if self.engine == "numpy":
-            from charrnn.sample import numpy_engine
+        with self._lock:
+            if self.engine == "numpy" and self.requested == "auto" and len(prime) > _max_prime():
+                if self._long is None:  # a long prime: torch reads it in one pass
+                    self._long = Sampler(self.path, self.requested, self.weights, self.device, self.purpose)
+                    self._long._use_torch()
+                return self._long.generate(prime, cfg, emit)
+            if self.engine == "numpy":
+                from charrnn.sample import numpy_engine
 
-            return numpy_engine.generate(self._net, self.vocab, prime, cfg, emit)
-        if self._stepper is None:  # opened for scoring: sampling needs the fast step
-            from charrnn.sample.torch_engine import make_stepper
+                return numpy_engine.generate(self._net, self.vocab, prime, cfg, emit)
+            if self._stepper is None:  # opened for scoring: sampling needs the fast step
+                from charrnn.sample.torch_engine import make_stepper
 
-            self._stepper = make_stepper(self._model, self.weights)
-        from charrnn.sample.torch_engine import generate
+                self._stepper = make_stepper(self._model, self.weights)
+            from charrnn.sample.torch_engine import generate
 
-        return generate(self._model, self.vocab, prime, cfg, emit, stepper=self._stepper)
+            return generate(self._model, self.vocab, prime, cfg, emit, stepper=self._stepper)
 
     def generate_samples(self, prime: str, cfg: SampleConfig, emit: Callable[[str], None] | None = None) -> list[str]:
         """`cfg.num_samples` samples; the i-th uses seed cfg.seed + i (a fresh one if None)."""
@@ -151,6 +164,10 @@ class Sampler:
         tokens = np.asarray(ids, dtype=np.int64)
         if len(tokens) < 2:
             raise CharRNNError(f"the text has {len(tokens)} character(s): at least 2 are needed to score.")
+        with self._lock:
+            return self._score(tokens, batch_size, seq_len)
+
+    def _score(self, tokens: Any, batch_size: int, seq_len: int) -> float:
         if self.engine == "numpy":
             from charrnn.sample import numpy_engine
 
