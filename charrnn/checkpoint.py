@@ -144,17 +144,19 @@ def _load_safetensors(path: Path) -> Checkpoint:
     cfg, arrays, vocab, meta = read_model(path)
     state = {name: torch.from_numpy(a) for name, a in arrays.items()}
     progress: dict[str, Any] = {}
-    try:
-        if "best_val" in meta:
-            progress["best_val"] = float(meta["best_val"])
-    except ValueError:
-        pass  # a label only: an unreadable one is left out
+    for key, kind in (("best_val", float), ("step", int)):
+        try:
+            if key in meta:
+                progress[key] = kind(meta[key])
+        except ValueError:
+            pass  # a label only: an unreadable one is left out
     return Checkpoint(
         model_config=cfg,
         train_config=TrainConfig(),
         vocab=vocab,
         model_state=state,
         progress=progress,
+        corpus={"exported_from": meta["run"]} if meta.get("run") else {},
         path=path,
         nonfinite=nonfinite_tensors(state),
     )

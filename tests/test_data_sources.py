@@ -62,6 +62,8 @@ def test_training_on_a_folder_records_its_files_and_resume_names_a_changed_one(
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "checkpoints" / "multi" / "config.json").read_text())
     assert [Path(f["path"]).name for f in config["corpus"]["files"]] == ["b.txt", "a.txt", "extra.md"]
+    listed = json.loads(runner.invoke(app, ["runs", "--json"]).stdout)
+    assert [Path(s).name for s in listed[0]["sources"]] == ["notes", "extra.md"]  # all given, not the first file
 
     result = runner.invoke(app, ["train", "--resume", "multi", "--max-steps", "15", "--quiet"])
     assert result.exit_code == 0, result.output

@@ -54,7 +54,9 @@ def test_sample_eval_and_load_read_safetensors_as_they_read_the_run(runner, trai
     assert json.loads(file_eval.output)["bits_per_char"] == pytest.approx(json.loads(run_eval.output)["bits_per_char"])
     model = charrnn.load("m.safetensors", engine="numpy")
     assert model.generate("The ", length=80, seed=3) == charrnn.load(trained).generate("The ", length=80, seed=3)
-    assert runner.invoke(app, ["info", "m.safetensors"]).exit_code == 0
+    info = runner.invoke(app, ["info", "m.safetensors"])
+    assert info.exit_code == 0 and f"exported from run '{trained}' at step" in info.stdout
+    assert "B=" not in info.stdout  # no training settings are made up for a weights-only file
 
 
 def test_generating_from_safetensors_on_numpy_never_imports_torch(runner, trained: str) -> None:

@@ -103,6 +103,8 @@ def run_record(run: Any) -> dict:
         "num_layers": whole(model.get("num_layers")),
         "hidden_size": whole(model.get("hidden_size")),
         "corpus": corpus.get("path") if isinstance(corpus.get("path"), str) else None,
+        # what was given on the command line: several files, folders or globs for one corpus
+        "sources": corpus.get("sources") if isinstance(corpus.get("sources"), list) else None,
         "last_written": last_written(run),
     }
 
@@ -151,15 +153,21 @@ def info(run: RunArg = None, runs_dir: RunsDir = Path("checkpoints")) -> None:
     table.add_row("model", f"{m.model} {m.num_layers}x{m.hidden_size}, embed {m.embedding_size}, dropout {m.dropout}")
     table.add_row("parameters", f"{parameter_count(m):,}")
     table.add_row("vocabulary", f"{len(ckpt.vocab)} {'bytes' if ckpt.vocab.byte_level else 'characters'}")
-    t = ckpt.train_config
-    table.add_row("training", f"B={t.batch_size} T={t.seq_len} lr={t.lr} clip={t.grad_clip} seed={t.seed}")
-    table.add_row(
-        "progress",
-        f"step {number(p, 'step', 0):,.0f}, epoch {number(p, 'epoch', 0):.0f}, {number(p, 'elapsed', 0):.1f}s",
-    )
     best = number(p, "best_val", math.inf)
+    if ckpt.optimizer_state is None and path.suffix == ".safetensors":  # weights only: no training record
+        source = ckpt.corpus.get("exported_from")
+        step = f" at step {number(p, 'step', 0):,.0f}" if "step" in p else ""
+        table.add_row("file", escape(f"weights only, exported from run '{source}'{step}" if source else "weights only"))
+    else:
+        t = ckpt.train_config
+        table.add_row("training", f"B={t.batch_size} T={t.seq_len} lr={t.lr} clip={t.grad_clip} seed={t.seed}")
+        table.add_row(
+            "progress",
+            f"step {number(p, 'step', 0):,.0f}, epoch {number(p, 'epoch', 0):.0f}, {number(p, 'elapsed', 0):.1f}s",
+        )
     table.add_row("best val", f"{fmt_loss(best)} nats/char, {fmt_loss(best / LN2)} bits/char")
-    table.add_row("corpus", escape(f"{ckpt.corpus.get('path', '?')} ({ckpt.corpus.get('chars', '?')} chars)"))
+    if "exported_from" not in ckpt.corpus:
+        table.add_row("corpus", escape(f"{ckpt.corpus.get('path', '?')} ({ckpt.corpus.get('chars', '?')} chars)"))
     if ckpt.nonfinite:
         table.add_row("[red]weights[/]", escape(f"non-finite values in {', '.join(ckpt.nonfinite[:3])}"))
     out.print(table)

@@ -54,7 +54,9 @@ def export(
         best = ckpt.progress.get("best_val")
         best = float(best) if isinstance(best, (int, float)) and best == best and abs(best) != float("inf") else None
         tensors = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-        write_safetensors(target, tensors, model_metadata(ckpt.model_config, ckpt.vocab, run, best))
+        step = ckpt.progress.get("step")
+        step = int(step) if isinstance(step, (int, float)) and step == step and abs(step) != float("inf") else None
+        write_safetensors(target, tensors, model_metadata(ckpt.model_config, ckpt.vocab, run, best, step))
         return target
     if ckpt.model_config.model not in FUSED_MODELS:
         raise CharRNNError(

@@ -148,7 +148,9 @@ def _check_entries(header: dict, data_size: int, where: str) -> dict[str, tuple[
 # A charrnn model as safetensors
 
 
-def model_metadata(cfg: ModelConfig, vocab: Vocab, run: str | None, best_val: float | None) -> dict[str, str]:
+def model_metadata(
+    cfg: ModelConfig, vocab: Vocab, run: str | None, best_val: float | None, step: int | None = None
+) -> dict[str, str]:
     meta = {
         "format": str(FORMAT_VERSION),
         "model_config": json.dumps(dataclasses.asdict(cfg)),
@@ -158,6 +160,8 @@ def model_metadata(cfg: ModelConfig, vocab: Vocab, run: str | None, best_val: fl
         meta["run"] = run
     if best_val is not None:
         meta["best_val"] = repr(float(best_val))
+    if step is not None:
+        meta["step"] = str(int(step))
     return meta
 
 
