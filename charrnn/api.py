@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -181,13 +181,13 @@ def runs(runs_dir: str | Path = "checkpoints") -> list[RunInfo]:
     return found
 
 
-def train(corpus: str | Path | None = None, **options: Any) -> Any:
-    """Train a run on `corpus` (a file, a corpus name such as "shakespeare", or task:*), or
-    continue one with resume="name": what `charrnn train` does, returning
-    charrnn.training.setup.RunResult (`.path`, `.best_val`, `.result.step`...). Keywords: name,
-    resume, preset, auto, runs_dir, data_dir, on_event (called with each event dict),
-    should_stop, and any ModelConfig/TrainConfig field (hidden_size=64, max_steps=100,
-    time_budget="10m")."""
+def train(corpus: str | Path | Sequence[str | Path] | None = None, **options: Any) -> Any:
+    """Train a run on `corpus` (a file, a folder, a glob, a list of them read as one corpus, a
+    corpus name such as "shakespeare", or task:*), or continue one with resume="name": what
+    `charrnn train` does, returning charrnn.training.setup.RunResult (`.path`, `.best_val`,
+    `.result.step`...). Keywords: name, resume, preset, auto, runs_dir, data_dir, on_event
+    (called with each event dict), should_stop, and any ModelConfig/TrainConfig field
+    (hidden_size=64, max_steps=100, time_budget="10m", log="csv,tensorboard")."""
     from charrnn.training.setup import train_run
 
     return train_run(corpus, **options)
