@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from charrnn.cli import evaluate, export, neurons, runs, sample, train
+from charrnn.cli import evaluate, export, neurons, runs, sample, serve, train
 from charrnn.cli.common import PanelCommand, handle_errors
 
 app = typer.Typer(
@@ -66,6 +66,7 @@ for _name, _command in {
     "info": runs.info,
     "curves": runs.curves_cmd,
     "plot": runs.plot_cmd,
+    "serve": serve.serve,
     **neurons.COMMANDS,
 }.items():
     app.command(_name, cls=PanelCommand)(handle_errors(_command))
