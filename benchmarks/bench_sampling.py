@@ -29,6 +29,15 @@ the rate if every weight came from memory (weights partly kept in the
 last-level cache can beat it).
 
     python benchmarks/bench_sampling.py --json sampling.json
+
+`--samples 1,8,64` measures `charrnn sample --num-samples N` instead: N samples of
+`--sample-length` characters drawn as one batch (the engines' `generate_many`, what
+Sampler.generate_samples runs) against the same N drawn one after another (`generate`
+with seeds seed..seed+N-1, what the command did before), on the NumPy and torch fp32
+engines, whole path (prime, step, draw, stop check). Characters per second (N x length
+over the time), medians of interleaved rounds; the batch must write the same texts.
+
+    python benchmarks/bench_sampling.py --kinds lstm --samples 1,8,64 --json many.json
 """
 
 from __future__ import annotations
@@ -187,6 +196,61 @@ def bench_case(model: CharRNN, streams: int, rounds: int, chunk_s: float, draw: 
     }
 
 
+def bench_many(model: CharRNN, counts: list[int], rounds: int, length: int) -> list[dict]:
+    """Figures for `--samples`: per engine and sample count, batched against one after another."""
+    from charrnn.data.vocab import Vocab
+    from charrnn.sample import torch_engine
+
+    chars = "\n" + "".join(chr(c) for c in range(32, 32 + model.cfg.vocab_size - 1))
+    vocab = Vocab(tuple(chars))
+    arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    net = npsample.make_net(model.cfg, arrays)
+    stepper = build_stepper(model, "fp32")
+    engines = {
+        "numpy": (
+            lambda cfg, seeds: npsample.generate_many(net, vocab, "THE ", cfg, seeds, lambda i, c: None),
+            lambda cfg: npsample.generate(net, vocab, "THE ", cfg, lambda c: None),
+        ),
+        "torch": (
+            lambda cfg, seeds: torch_engine.generate_many(model, vocab, "THE ", cfg, seeds, lambda i, c: None, stepper),
+            lambda cfg: torch_engine.generate(model, vocab, "THE ", cfg, lambda c: None, stepper=stepper),
+        ),
+    }
+    cfg = SampleConfig(temperature=TEMPERATURE, length=length)
+    rows = []
+    for engine, (batched, single) in engines.items():
+        for n in counts:
+            seeds = list(range(n))
+            runs = {
+                "batched": lambda: batched(cfg, seeds),
+                "one_by_one": lambda: [
+                    single(SampleConfig(temperature=TEMPERATURE, length=length, seed=s)) for s in seeds
+                ],
+            }
+            texts = {name: run() for name, run in runs.items()}  # warm-up, and the same texts
+            rates: dict[str, list[float]] = {name: [] for name in runs}
+            for i in range(rounds):
+                for name in list(runs) if i % 2 == 0 else list(runs)[::-1]:
+                    start = time.perf_counter()
+                    runs[name]()
+                    rates[name].append(n * length / (time.perf_counter() - start))
+            row = {
+                "engine": engine,
+                "samples": n,
+                "same_texts": texts["batched"] == texts["one_by_one"],
+                "chars_per_s": {k: statistics.median(v) for k, v in rates.items()},
+                "ratio": statistics.median(a / b for a, b in zip(rates["batched"], rates["one_by_one"])),
+            }
+            rows.append(row)
+            med = row["chars_per_s"]
+            print(
+                f"{model.cfg.model:5s} {engine:6s} N={n:<4d} batched {med['batched']:9,.0f}  one by one "
+                f"{med['one_by_one']:8,.0f} chars/s  {row['ratio']:5.2f}x  same texts: {row['same_texts']}",
+                flush=True,
+            )
+    return rows
+
+
 def format_row(row: dict) -> str:
     rates, ratios = row["chars_per_s"], row["ratios"]
     cells = [f"naive {rates['naive']:8,.0f}"]
@@ -221,6 +285,8 @@ def main() -> None:
         help="sampler: charrnn's draw after each step; none: steps alone",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--samples", default="", help="sample counts (e.g. 1,8,64): batched --num-samples instead")
+    parser.add_argument("--sample-length", type=int, default=40, help="characters per sample, with --samples")
     parser.add_argument("--json", default="", help="also write the figures to this file")
     args = parser.parse_args()
     if args.device == "cuda":
@@ -234,6 +300,11 @@ def main() -> None:
             torch.manual_seed(0)
             cfg = ModelConfig(vocab_size=args.vocab, model=kind, num_layers=args.layers, hidden_size=args.hidden)
             model = CharRNN(cfg).to(args.device).eval()
+            if args.samples:
+                counts = [int(n) for n in args.samples.split(",")]
+                for row in bench_many(model, counts, args.rounds, args.sample_length):
+                    results.append({"kind": kind, "threads": threads, **row})
+                continue
             for streams in (int(s) for s in args.streams.split(",")):
                 case = bench_case(model, streams, args.rounds, args.chunk_s, args.draw == "sampler")
                 row = {"kind": kind, "streams": streams, "threads": threads, **case}
@@ -250,6 +321,7 @@ def main() -> None:
             "torch": torch.__version__,
             "model": f"{args.layers}x{args.hidden}, vocab {args.vocab}",
             "draw": args.draw,
+            "samples": args.samples and f"{args.samples} samples of {args.sample_length} characters",
             "results": results,
         }
         with open(args.json, "w") as f:

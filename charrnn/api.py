@@ -47,6 +47,7 @@ class Model:
         self.path = path
         self._sampler = sampler
         self._scorer: Sampler | None = None
+        self._stepper: Any = None  # charrnn.sample.interactive.CharStepper, for next_chars
         self._options = (engine, weights, device)
 
     @property
@@ -73,11 +74,46 @@ class Model:
         top_p: float = 1.0,
         seed: int | None = None,
         stop: str = "",
+        beam: int = 0,
+        length_norm: float = 0.0,
     ) -> str:
         """`length` new characters after `prime` (returned without it), as `charrnn sample`
-        draws them: the same seed gives the same text. Stops early after `stop`."""
-        cfg = SampleConfig(temperature=temperature, top_k=top_k, top_p=top_p, length=length, seed=seed, stop=stop)
+        draws them: the same seed gives the same text. Stops early after `stop`.
+
+        `beam=N` searches with N beams instead of drawing (`charrnn sample --beam N`): the
+        most likely continuation they find, the same every time (temperature, top_k, top_p
+        and seed are not used); `length_norm` ranks beams that ended at `stop` by total
+        log-probability / length ** length_norm. beam=1 is greedy (temperature=0)."""
+        cfg = SampleConfig(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            length=length,
+            seed=seed,
+            stop=stop,
+            beam=beam,
+            length_norm=length_norm,
+        )
         return self._sampler.generate(prime, cfg)
+
+    def generate_many(
+        self,
+        n: int,
+        prime: str = "",
+        length: int = 500,
+        temperature: float = 0.8,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: str = "",
+    ) -> list[str]:
+        """`n` samples after `prime`, drawn together as one batch (`charrnn sample
+        --num-samples n`): sample i is what `generate(..., seed=seed + i)` returns (each a
+        fresh seed if `seed` is None). Faster than n calls to `generate`."""
+        cfg = SampleConfig(
+            temperature=temperature, top_k=top_k, top_p=top_p, length=length, num_samples=n, seed=seed, stop=stop
+        )
+        return self._sampler.generate_samples(prime, cfg)
 
     def stream(
         self,
@@ -88,10 +124,22 @@ class Model:
         top_p: float = 1.0,
         seed: int | None = None,
         stop: str = "",
+        beam: int = 0,
+        length_norm: float = 0.0,
     ) -> Iterator[str]:
-        """As `generate`, yielding the text in pieces as they are drawn; the pieces join to
-        what `generate` returns. Leaving the loop early stops the drawing."""
-        cfg = SampleConfig(temperature=temperature, top_k=top_k, top_p=top_p, length=length, seed=seed, stop=stop)
+        """As `generate`, yielding the text in pieces as they are drawn (with `beam`, as the
+        beams agree on them); the pieces join to what `generate` returns. Leaving the loop
+        early stops the drawing."""
+        cfg = SampleConfig(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            length=length,
+            seed=seed,
+            stop=stop,
+            beam=beam,
+            length_norm=length_norm,
+        )
         self.vocab.encode(prime)  # unknown characters: an error at the call, not at the first next()
         return _pieces(lambda emit: self._sampler.generate(prime, cfg, emit))
 
@@ -102,6 +150,32 @@ class Model:
             engine, weights, device = self._options
             self._scorer = open_sampler(self.path, engine, weights, device, purpose="score")  # type: ignore[arg-type]
         return self._scorer.score(text, batch_size, seq_len)
+
+    def evaluate_split(
+        self, part: str = "test", data_dir: str | Path = "data", batch_size: int = 32, seq_len: int = 256
+    ) -> float:
+        """Mean cross-entropy in nats per character of part "test" (held out by
+        `train(..., split="90/5/5")`) or "val" of the run's own corpus, read through the data
+        cache in `data_dir`: what `charrnn eval RUN --split test` reports."""
+        from charrnn.training.setup import split_tokens
+
+        tokens = split_tokens(self.path, part, data_dir)
+        if self._scorer is None:
+            engine, weights, device = self._options
+            self._scorer = open_sampler(self.path, engine, weights, device, purpose="score")  # type: ignore[arg-type]
+        return self._scorer.score(tokens, batch_size, seq_len)
+
+    def next_chars(
+        self, prime: str = "", k: int = 5, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+    ) -> list[tuple[str, float]]:
+        """The `k` most likely characters after `prime`, most likely first, with their
+        probabilities under `temperature`, `top_k` and `top_p` as sampling applies them (those
+        that cannot be drawn are left out): what `charrnn sample --pick` lists."""
+        if self._stepper is None:
+            from charrnn.sample.interactive import open_stepper
+
+            self._stepper = open_stepper(self.path, *self._options)  # type: ignore[arg-type]
+        return self._stepper.next_chars(prime, k, temperature, top_k, top_p)
 
     def activations(self, text: str, unknown: str = "error") -> dict[str, Any]:
         """Every per-unit activation of the model over `text`, read in one stream from a zero
@@ -116,6 +190,19 @@ class Model:
         recorder = Recorder(activation_kinds(model), ckpt.model_config.num_layers, len(ids))
         run_text(model, ids, [recorder])
         return recorder.values
+
+    def gradients(
+        self, text: str, max_lag: int = 100, positions: int = 64, seed: int = 0, unknown: str = "error"
+    ) -> Any:
+        """What `charrnn gradients` shows: the norms of d loss(t) / d state(t-k), k = 1..max_lag,
+        at `positions` target positions of `text` drawn with `seed`, as a
+        charrnn.neurons.gradients.GradientNorms: `.mean("hidden")` (and "cell") (L, K),
+        `.values` per position (P, L, K), `.save("g.csv" or "g.npz")`."""
+        from charrnn.checkpoint import build_model, load_checkpoint
+        from charrnn.neurons.gradients import text_gradients
+
+        ckpt = load_checkpoint(self.path)
+        return text_gradients(build_model(ckpt), ckpt.vocab, text, max_lag, positions, seed, unknown)  # type: ignore[arg-type]
 
 
 _DONE = object()
@@ -186,8 +273,10 @@ def train(corpus: str | Path | Sequence[str | Path] | None = None, **options: An
     corpus name such as "shakespeare", or task:*), or continue one with resume="name": what
     `charrnn train` does, returning charrnn.training.setup.RunResult (`.path`, `.best_val`,
     `.result.step`...). Keywords: name, resume, preset, auto, runs_dir, data_dir, on_event
-    (called with each event dict), should_stop, and any ModelConfig/TrainConfig field
-    (hidden_size=64, max_steps=100, time_budget="10m", log="csv,tensorboard")."""
+    (called with each event dict), should_stop, max_vocab (keep the N most frequent characters,
+    the others one unknown symbol), and any ModelConfig/TrainConfig field (hidden_size=64,
+    max_steps=100, time_budget="10m", log="csv,tensorboard", split="90/5/5" to hold out a
+    test part that Model.evaluate_split("test") scores)."""
     from charrnn.training.setup import train_run
 
     return train_run(corpus, **options)

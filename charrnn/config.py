@@ -2,6 +2,8 @@
 
 The CLI builds these from its options; checkpoints store them with `asdict` and
 rebuild them with `from_dict`, which rejects missing or unknown keys.
+The file stays whole: each setting's field, its choices and the check of its value
+(a split's parts included) are read together, and checkpoints rebuild them here.
 """
 
 from __future__ import annotations
@@ -129,7 +131,10 @@ class TrainConfig:
     precision: Precision = "fp32"  # fp32 | bf16 (autocast matrix products; the weights stay fp32)
     log_every: int = 10  # steps between progress/metrics events
     keep_last: int = 0  # periodic step-N.pt checkpoints kept besides last.pt and best.pt
-    val_frac: float = 0.1  # last fraction of the corpus used for validation
+    val_frac: float = 0.1  # last fraction of the text before the test part (all of it without one) used for validation
+    # "train/val/test" percentages of the corpus, contiguous in that order, e.g. "90/5/5"; the
+    # test part is never trained on or validated (`charrnn eval RUN --split test`). "" = no test part.
+    split: str = ""
     val_chars: int = 2_000_000  # characters of the val split scored per evaluation; 0 = all
     # Streams the val split is cut into. Each starts from a zero state and pays for it: a 2x768
     # scored 1.4459 nats/char as one stream, 1.4484 as 32, 1.4506 as 64 (tiny-shakespeare).
@@ -166,10 +171,21 @@ class TrainConfig:
         _check(self.log_every >= 1, "--log-every must be at least 1.")
         _check(self.keep_last >= 0, "--keep-last must be 0 (none) or positive.")
         _check(0.0 < self.val_frac < 1.0, "--val-frac must be in (0, 1).")
+        if self.split:
+            train, val, _ = parse_split(self.split)
+            _check(
+                abs(self.val_frac - val / (train + val)) < 1e-9,
+                f"val_frac {self.val_frac} does not match --split {self.split}: it must be {val / (train + val)}.",
+            )
         _check(self.val_chars >= 0, "--val-chars must be 0 (all) or positive.")
         _check(self.val_streams >= 1, "--val-streams must be at least 1.")
         _check(self.seed >= 0, "--seed must be 0 or positive.")
         _check(self.device in DEVICES, f"unknown device '{self.device}': choose {', '.join(DEVICES)}.")
+
+    @property
+    def test_frac(self) -> float:
+        """The fraction of the corpus held out at its end for testing (0 without --split)."""
+        return parse_split(self.split)[2] / 100 if self.split else 0.0
 
 
 @dataclass(frozen=True)
@@ -181,6 +197,8 @@ class SampleConfig:
     num_samples: int = 1
     seed: int | None = None  # None = a fresh random seed
     stop: str = ""  # stop a sample once it ends with this string
+    beam: int = 0  # beam search over this many beams (each holds its text: at most 1,024); 0 = draw
+    length_norm: float = 0.0  # beam score = log-probability / length**length_norm
 
     def __post_init__(self) -> None:
         _check_finite(self)
@@ -192,6 +210,9 @@ class SampleConfig:
         _check(0.0 < self.top_p <= 1.0, "--top-p must be in (0, 1].")
         _check(self.length >= 0, "--length must be 0 or positive.")
         _check(self.num_samples >= 1, "--num-samples must be at least 1.")
+        _check(0 <= self.beam <= 1024, "--beam must be 0 (off) or a number of beams up to 1,024.")
+        _check(self.length_norm >= 0, "--length-norm must be 0 (off) or positive.")
+        _check(self.beam == 0 or self.num_samples == 1, "--beam writes one text: drop --num-samples or --beam.")
 
 
 T = TypeVar("T")
@@ -285,3 +306,38 @@ Curriculum = Literal["plain", "mixed"]
 
 # Event logs `train --log` writes beside metrics.jsonl (charrnn/training/logs.py)
 LogKind = Literal["csv", "tensorboard"]
+
+
+# The parts of a run's corpus `charrnn eval RUN --split` scores (see TrainConfig.split)
+SplitPart = Literal["val", "test"]
+
+
+def parse_split(text: str) -> tuple[float, float, float]:
+    """'90/5/5' -> (90.0, 5.0, 5.0): train, validation and test percentages, each finite, train
+    and validation positive, test 0 or positive, summing to 100. Raises CharRNNError."""
+    usage = "use train/val/test percentages that sum to 100, e.g. --split 90/5/5"
+    parts = text.split("/")
+    try:
+        values = tuple(float(v) for v in parts)
+    except ValueError:
+        values = ()
+    if len(parts) != 3 or len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise CharRNNError(f"cannot read --split '{text}': {usage}.")
+    train, val, test = values
+    if train <= 0 or val <= 0 or test < 0:
+        raise CharRNNError(f"--split {text}: train and val must be positive and test 0 or positive; {usage}.")
+    if abs(train + val + test - 100) > 1e-6:
+        raise CharRNNError(f"--split {text} sums to {train + val + test:g}, not 100; {usage}.")
+    return train, val, test
+
+
+def split_val_frac(split: str, val_frac: float | None = None) -> float:
+    """TrainConfig.val_frac for `split`: the validation share of the text before the test part.
+    `val_frac`, when given, is a fraction of the whole corpus and must agree with the split."""
+    train, val, _ = parse_split(split)
+    if val_frac is not None and abs(val_frac - val / 100) > 1e-9:
+        raise CharRNNError(
+            f"--val-frac {val_frac:g} and --split {split} disagree (validation is {val / 100:g} of the corpus): "
+            "give one of them."
+        )
+    return val / (train + val)

@@ -194,6 +194,37 @@ def event_step(event: dict[str, Any]) -> int | None:
     return int(step) if math.isfinite(step) and step >= 0 else None
 
 
+@dataclass
+class GradHealth:
+    """The training gradient norm (before clipping) at the logged steps, and the clipped steps."""
+
+    steps: list[int]
+    norms: list[float]
+    clipped: int  # steps the clip scaled down, of
+    counted: int  # the steps of the train events that log both counts
+
+    @property
+    def clipped_fraction(self) -> float:
+        return self.clipped / self.counted if self.counted else 0.0
+
+
+def grad_health(events: list[dict[str, Any]]) -> GradHealth | None:
+    """The gradient health logged by train events, or None when none logged it (older runs)."""
+    health = GradHealth([], [], 0, 0)
+    for event in events:
+        step, norm = event_step(event), number(event, "grad_norm")
+        if event.get("event") != "train" or step is None:
+            continue
+        if math.isfinite(norm):
+            health.steps.append(step)
+            health.norms.append(norm)
+        clipped, counted = number(event, "clipped"), number(event, "grad_steps")
+        if 0 <= clipped <= counted:
+            health.clipped += int(clipped)
+            health.counted += int(counted)
+    return health if health.norms or health.counted else None
+
+
 def to_json(event: dict[str, Any]) -> str:
     """One line of valid JSON: non-finite numbers (an infinite best loss before the first
     validation) are written as null, which every JSON reader accepts."""

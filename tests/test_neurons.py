@@ -352,10 +352,17 @@ def test_inspect_report_and_its_rows() -> None:
     rows = inspect_rows(report)
     assert rows[0] == ["pos", "char", "L0.cell.3", "next1", "p1", "next2", "p2"]
     assert [r[1] for r in rows[1:]] == ["a", "b", "\\t", "b", "a", "\\n", "a", "b"]
-    assert float(rows[1][2]) == pytest.approx(float(report.values[0, 0, 3]), abs=1e-4)
+    every = Recorder(activation_kinds(model), 2, len(text))
+    run_text(model, encode_text(text, ckpt.vocab)[1], [every])
+    assert report.values.shape == (len(text), 1)
+    np.testing.assert_allclose(report.values[:, 0], every.values["cell"][0, :, 3], atol=1e-6)
+    assert float(rows[1][2]) == pytest.approx(float(report.values[0, 0]), abs=1e-4)
     top = inspect_units(ckpt, model, text, kind="hidden", top_units=3)
-    variance = top.values.var(axis=1)  # (L, U)
+    variance = every.values["hidden"].var(axis=1)  # (L, U)
     assert [variance[l, u] for l, u in top.units] == sorted(variance.ravel(), reverse=True)[:3]
+    np.testing.assert_allclose(
+        top.values, np.stack([every.values["hidden"][l, :, u] for l, u in top.units], 1), atol=1e-5
+    )
     with pytest.raises(CharRNNError, match="no 'reset' activations"):
         inspect_units(ckpt, model, text, kind="reset")
 

@@ -4,18 +4,21 @@ accuracy per difficulty."""
 import math
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
-from charrnn.cli.common import LN2, Device, RunsDir, Table, out
-from charrnn.config import Engine, Weights
+from charrnn.cli.common import LN2, DataDir, Device, RunsDir, Table, out
+from charrnn.config import Engine, SplitPart, Weights
 from charrnn.errors import CharRNNError
 
 
 def evaluate_cmd(
     run: Annotated[str, typer.Argument(help="Run name, run folder or .pt file.")],
-    file: Annotated[str, typer.Argument(help="Text file to score ('-' = standard input), or a task (task:parity).")],
+    file: Annotated[
+        Optional[str],
+        typer.Argument(help="Text file to score ('-' = standard input), or a task (task:parity); or give --split."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     lengths: Annotated[
         str, typer.Option(help="task:* only: example lengths to score, e.g. 10,20,50,100.")
@@ -39,8 +42,15 @@ def evaluate_cmd(
     ] = "auto",
     device: Device = "auto",
     runs_dir: RunsDir = Path("checkpoints"),
+    split: Annotated[
+        Optional[SplitPart],
+        typer.Option(
+            help="Score this part of the run's own corpus instead of a FILE (test: held out by train --split 90/5/5)."
+        ),
+    ] = None,
+    data_dir: DataDir = Path("data"),
 ) -> None:
-    """Score a text: nats/char, bits/char and perplexity."""
+    """Score a text, or a part of the run's corpus: nats/char, bits/char and perplexity."""
     import numpy as np
 
     from charrnn.data.corpus import read_text
@@ -50,6 +60,13 @@ def evaluate_cmd(
     if batch_size < 1 or seq_len < 1:
         raise CharRNNError("--batch-size and --seq-len must be at least 1.")
     path = resolve_checkpoint(run, runs_dir)
+    if (file is None) == (split is None):
+        raise CharRNNError("give a FILE to score or --split val|test (the run's own corpus), one of them.")
+    if file is None:
+        from charrnn.training.setup import split_tokens
+
+        part = split_tokens(path, split, data_dir)  # before the model loads: a run without the part fails fast
+        file = f"{split} split"
     if file.startswith("task:"):
         from charrnn.checkpoint import load_checkpoint
 
@@ -59,8 +76,11 @@ def evaluate_cmd(
             _eval_task(load_checkpoint(path), path, file, lengths, examples, seed, as_json)
         return
     sampler = open_sampler(path, engine, weights, device, purpose="score")
-    text = read_text(file, "bytes" if sampler.vocab.byte_level else "utf-8")
-    tokens = np.asarray(sampler.vocab.encode(text), dtype=np.int64)
+    if split is not None:
+        tokens = np.asarray(part, dtype=np.int64)
+    else:
+        text = read_text(file, "bytes" if sampler.vocab.byte_level else "utf-8")
+        tokens = np.asarray(sampler.vocab.encode(text), dtype=np.int64)
     if len(tokens) < 2:
         raise CharRNNError(f"'{file}' has {len(tokens)} character(s): at least 2 are needed to score.")
     used = f"{sampler.engine}, {weights}"

@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from charrnn.cli.gradients import gradients_cmd
 from charrnn.config import UnitKind, Unknown
 from charrnn.lazy import lazy_callable
+from charrnn.neurons.feature_rules import FEATURE_RULES
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -145,24 +147,29 @@ def inspect_cmd(
     predictions: Annotated[
         int, typer.Option("--predictions", min=0, help="Show the K most likely next characters per position.")
     ] = 0,
+    batch_size: BatchSizeOpt = 16,
     no_color: NoColorOpt = False,
     export: ExportOpt = None,
     unknown: UnknownOpt = "error",
     runs_dir: RunsDirOpt = Path("checkpoints"),
 ) -> None:
     """Print a text coloured by one unit's activation (or the K most varying units)."""
-    from charrnn.neurons.activations import write_npz
     from charrnn.neurons.reports import inspect_rows, inspect_units, read_input
 
     ckpt, model, _ = _load(run, runs_dir)
     raw = read_input(text, file, ckpt.vocab.byte_level, sys.stdin)
-    report = inspect_units(ckpt, model, raw, layer, unit, kind, top_units, predictions, unknown)
+    progress = _progress("inspect")
+    try:
+        report = inspect_units(ckpt, model, raw, layer, unit, kind, top_units, predictions, unknown,
+                               batch_size, export, progress)  # fmt: skip
+    finally:
+        progress.close()
     console, plain = _console(no_color)
     if plain:
         _echo_rows(inspect_rows(report))
     else:
-        for l, u in report.units:
-            _print_unit(console, report.text, report.kind, l, u, report.values[l, :, u])
+        for i, (l, u) in enumerate(report.units):
+            _print_unit(console, report.text, report.kind, l, u, report.values[:, i])
             console.print()
         if predictions:
             table = Table("pos", "char", f"top {predictions} next characters", box=None)
@@ -171,7 +178,6 @@ def inspect_cmd(
                 table.add_row(str(t), _shown(ch), "  ".join(f"{_shown(c)} {p:.2f}" for c, p in guesses))
             console.print(table)
     if export is not None:
-        write_npz(export, report.text, ckpt.vocab, ckpt.model_config.model, report.recorder)
         _wrote(export, f"activations of {len(report.text)} characters")
 
 
@@ -182,8 +188,7 @@ def cells_cmd(
         str,
         typer.Option(
             "--feature",
-            help="inside-quotes, line-position, bracket-depth, inside-word, word-position, "
-            "after-newline, or re:PATTERN (1 inside a match).",
+            help=f"{', '.join(FEATURE_RULES)}, or re:PATTERN (1 inside a match); rules above.",
         ),
     ] = "inside-quotes",
     top: Annotated[int, typer.Option("--top", min=1, help="Units to list.")] = 10,
@@ -220,6 +225,17 @@ def cells_cmd(
         best = report.scores[0]
         shown = report.text[report.start : report.start + len(report.excerpt)]
         _print_unit(console, shown, best.kind, best.layer, best.unit, report.excerpt)
+
+
+# The feature rules, one paragraph each, end the help of `cells` (generated so it never drifts).
+cells_cmd.__doc__ = "\n\n".join(
+    [
+        (cells_cmd.__doc__ or "").strip(),
+        "Features, each a number per character, after reading it (docs/features.md):",
+        *(f"{name}: {rule}" for name, rule in FEATURE_RULES.items()),
+        "re:PATTERN: 1 on every character of a match of the regular expression PATTERN, else 0.",
+    ]
+)
 
 
 def gates_cmd(
@@ -270,6 +286,7 @@ def view_cmd(
     runs_dir: RunsDirOpt = Path("checkpoints"),
 ) -> None:
     """Write one self-contained HTML page to explore units, predictions, gates and curves."""
+    from charrnn.neurons.gradient_panel import panel_data
     from charrnn.neurons.reports import build_page, read_file
     from charrnn.neurons.viewer import write_page
 
@@ -283,6 +300,7 @@ def view_cmd(
                              batch_size, unknown, progress)  # fmt: skip
     finally:
         progress.close()
+    page.gradients, page.grad_health, page.grad_clip = panel_data(model, ckpt, raw, path.parent, unknown)
     write_page(out, page)
     size = out.stat().st_size / 1024
     Console(stderr=True).print(f"wrote {out} ({size:.0f} KiB, {len(page.text)} of {n} characters shown)")
@@ -295,4 +313,5 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "cells": cells_cmd,
     "gates": gates_cmd,
     "view": view_cmd,
+    "gradients": gradients_cmd,
 }

@@ -152,7 +152,9 @@ def info(run: RunArg = None, runs_dir: RunsDir = Path("checkpoints")) -> None:
     m = ckpt.model_config
     table.add_row("model", f"{m.model} {m.num_layers}x{m.hidden_size}, embed {m.embedding_size}, dropout {m.dropout}")
     table.add_row("parameters", f"{parameter_count(m):,}")
-    table.add_row("vocabulary", f"{len(ckpt.vocab)} {'bytes' if ckpt.vocab.byte_level else 'characters'}")
+    cap = ckpt.vocab.max_vocab
+    capped = f" (--max-vocab {cap}: the {cap} most frequent, the others as U+FFFD)" if cap else ""
+    table.add_row("vocabulary", f"{len(ckpt.vocab)} {'bytes' if ckpt.vocab.byte_level else 'characters'}{capped}")
     best = number(p, "best_val", math.inf)
     if ckpt.optimizer_state is None and path.suffix == ".safetensors":  # weights only: no training record
         source = ckpt.corpus.get("exported_from")
@@ -161,6 +163,8 @@ def info(run: RunArg = None, runs_dir: RunsDir = Path("checkpoints")) -> None:
     else:
         t = ckpt.train_config
         table.add_row("training", f"B={t.batch_size} T={t.seq_len} lr={t.lr} clip={t.grad_clip} seed={t.seed}")
+        if t.split:
+            table.add_row("split", f"train/val/test {t.split} (charrnn eval RUN --split test)")
         table.add_row(
             "progress",
             f"step {number(p, 'step', 0):,.0f}, epoch {number(p, 'epoch', 0):.0f}, {number(p, 'elapsed', 0):.1f}s",
@@ -168,8 +172,15 @@ def info(run: RunArg = None, runs_dir: RunsDir = Path("checkpoints")) -> None:
     table.add_row("best val", f"{fmt_loss(best)} nats/char, {fmt_loss(best / LN2)} bits/char")
     if "exported_from" not in ckpt.corpus:
         table.add_row("corpus", escape(f"{ckpt.corpus.get('path', '?')} ({ckpt.corpus.get('chars', '?')} chars)"))
+    if isinstance(ckpt.corpus.get("parent"), dict):  # a fine-tuned run (train --init-from)
+        table.add_row("parent", escape(_describe_parent(ckpt.corpus["parent"])))
     if ckpt.nonfinite:
         table.add_row("[red]weights[/]", escape(f"non-finite values in {', '.join(ckpt.nonfinite[:3])}"))
+    from charrnn.cli.gradients import health_rows
+    from charrnn.rundir import grad_health, read_events
+
+    for key, value in health_rows(grad_health(read_events(path.parent / "metrics.jsonl")), ckpt.train_config):
+        table.add_row(key, value)  # the gradient norm and the clipped steps while training
     out.print(table)
     metrics = path.parent / "metrics.jsonl"
     if metrics.is_file():
@@ -177,6 +188,19 @@ def info(run: RunArg = None, runs_dir: RunsDir = Path("checkpoints")) -> None:
             show_curves(metrics, out)
         except CharRNNError:  # a run with no losses logged yet has no curves to show
             pass
+
+
+def _describe_parent(parent: dict) -> str:
+    """The run a fine-tuned run started from: name, step, best val, checkpoint hash, characters added."""
+    step, best, sha, added = (parent.get(k) for k in ("step", "best_val", "sha256", "added"))
+    parts = [f"run '{parent.get('name', '?')}'" + (f" at step {step:,}" if isinstance(step, int) else "")]
+    if isinstance(best, (int, float)):
+        parts.append(f"best val {fmt_loss(best)} nats/char")
+    if isinstance(sha, str):
+        parts.append(f"sha256 {sha[:16]}")
+    if isinstance(added, int):
+        parts.append(f"{added} character(s) added")
+    return ", ".join(parts) + (f" ({parent['path']})" if isinstance(parent.get("path"), str) else "")
 
 
 def _load_for_info(path: Path) -> tuple[Any, Path, str]:

@@ -29,13 +29,38 @@ def sample(
     prime: Annotated[Optional[str], typer.Option(help="Text to start from (printed first).")] = None,
     prime_file: Annotated[Optional[str], typer.Option(help="Read the prime from a file; '-' = standard input.")] = None,
     seed: Annotated[Optional[int], typer.Option(min=0, max=2**63 - 1, help="Seed for repeatable samples.")] = None,
-    num_samples: Annotated[int, typer.Option(help="Number of samples, separated by a blank line.")] = 1,
+    num_samples: Annotated[
+        int,
+        typer.Option(
+            help="Number of samples, separated by a blank line; drawn together as one batch, "
+            "sample i with seed --seed + i (the text --seed + i writes alone)."
+        ),
+    ] = 1,
     stop: Annotated[
         str,
         typer.Option(
             help="End a sample once it produces this string; \\n, \\t, \\r and \\\\ are read as newline, tab, return and backslash (--stop '\\n\\n' ends at a blank line)."
         ),
     ] = "",
+    beam: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=1024,
+            metavar="N",
+            help="Beam search with this many beams instead of drawing: the most likely text they find, "
+            "the same every time (--temp, --top-k, --top-p and --seed are not used); 1 = greedy; 0 = off.",
+        ),
+    ] = 0,
+    length_norm: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            metavar="ALPHA",
+            help="With --beam and --stop, beams end at different lengths: rank them by log-probability / "
+            "length**ALPHA. 0 favours the ones that stop soonest, 1 ranks by mean per character.",
+        ),
+    ] = 0.0,
     weights: Annotated[
         Weights, typer.Option(help="Weights for sampling (int8 on the NumPy engine needs charrnn[int8]).")
     ] = "fp32",
@@ -50,10 +75,19 @@ def sample(
     ] = "auto",
     device: Device = "cpu",
     runs_dir: RunsDir = Path("checkpoints"),
+    interactive: Annotated[
+        bool,
+        typer.Option("--interactive", "-i", help="Prompt for primes in a terminal; each continuation streams."),
+    ] = False,
+    pick: Annotated[
+        bool,
+        typer.Option(
+            "--pick",
+            help="Start --interactive in pick mode (implies it): choose each character among the top-k (5 without --top-k).",
+        ),
+    ] = False,
 ) -> None:
     """Generate text from a trained run; only the text goes to stdout."""
-    import dataclasses
-
     # One BLAS thread for the NumPy engine's one-row products: OpenBLAS threads spin while they
     # wait, which on a busy CPU costs far more than they save (benchmarks/RESULTS.md, "Sampling
     # kernels"). Set before NumPy loads; the user's setting wins.
@@ -69,7 +103,13 @@ def sample(
         num_samples=num_samples,
         seed=seed,
         stop=unescape(stop),
+        beam=beam,
+        length_norm=length_norm,
     )
+    if interactive or pick:  # the prompt loop: charrnn/cli/interactive.py
+        from charrnn.cli.interactive import run_loop
+
+        return run_loop(run, runs_dir, cfg, engine, weights, device, pick, prime, prime_file)
     if prime is not None and prime_file is not None:
         raise CharRNNError("give --prime or --prime-file, not both.")
     from charrnn.data.corpus import read_text
@@ -86,13 +126,11 @@ def sample(
     vocab.encode(text)  # reject unknown characters before anything is printed
     writer = _StreamWriter(vocab)
     try:
-        for i in range(cfg.num_samples):
-            if i:
-                writer.write("\n\n")
-            writer.write(text)
-            sampler.generate(
-                text, dataclasses.replace(cfg, seed=None if cfg.seed is None else cfg.seed + i), writer.write
-            )
+        # The samples run as one batch: the first streams as it is drawn, the others follow it.
+        writer.write(text)
+        samples = sampler.generate_samples(text, cfg, lambda i, piece: writer.write(piece) if i == 0 else None)
+        for sample_text in samples[1:]:
+            writer.write("\n\n" + text + sample_text)
         writer.write("\n")
         writer.flush()
     except BrokenPipeError:  # `| head` closed the pipe: stop quietly

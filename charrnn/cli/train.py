@@ -131,6 +131,15 @@ def train(
             rich_help_panel=MODEL,
         ),
     ] = None,
+    init_from: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="RUN",
+            help="Fine-tune: start a new run from this run's weights and architecture (run name, folder or .pt); "
+            "characters it lacks are added to its vocabulary.",
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
     preset: Annotated[
         Optional[Preset],
         typer.Option(
@@ -237,6 +246,22 @@ def train(
         Optional[float],
         typer.Option(help="Last fraction of the corpus kept for validation.  [default: 0.1]", rich_help_panel=DATA),
     ] = None,
+    split: Annotated[
+        Optional[str],
+        typer.Option(
+            help="train/val/test percentages, contiguous in that order, e.g. 90/5/5: the test part is never "
+            "trained on (score it with `charrnn eval RUN --split test`).  [default: two parts by --val-frac]",
+            rich_help_panel=DATA,
+        ),
+    ] = None,
+    max_vocab: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Keep the N most frequent characters; all others become one unknown symbol (U+FFFD), "
+            "so the vocabulary has N+1.  [default: every character of the corpus]",
+            rich_help_panel=DATA,
+        ),
+    ] = None,
     encoding: in_panel(Encoding, DATA) = "utf-8",
     data_dir: in_panel(DataDir, DATA) = Path("data"),
     corpus_url: Annotated[
@@ -321,6 +346,7 @@ def train(
             (corpus[0] if len(corpus) == 1 else corpus) if corpus else None,
             name=name,
             resume=resume,
+            init_from=init_from,
             preset=preset,
             auto=auto,
             runs_dir=runs_dir,
@@ -332,6 +358,7 @@ def train(
             task_chars=task_chars,
             nesting=nesting,
             curriculum=curriculum,
+            max_vocab=max_vocab,
             on_event=progress,
             on_note=_print_note if speak else None,
             should_stop=lambda: bool(stop["signal"]),
@@ -386,6 +413,7 @@ _SETTINGS = (
     "val_chars",
     "val_streams",
     "val_frac",
+    "split",
     "log_every",
     "keep_last",
     "log",

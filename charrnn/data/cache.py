@@ -1,6 +1,6 @@
 """The prepared-data cache: one folder per encoded corpus, checked before it is trusted.
 
-Layout of `<data_dir>/cache/` (key = `<sha256[:16]>-<encoding>[-v<vocab hash>]`):
+Layout of `<data_dir>/cache/` (key = `<sha256[:16]>-<encoding>[-v<vocab hash>][-m<max vocab>]`):
 
     <key>/tokens.npy         .npy header, then N ids in token_dtype(len(vocab)): (N,)
     <key>/vocab.json         {"chars": "<the symbols, sorted>", "byte_level": false}
@@ -52,11 +52,14 @@ class Damaged(Exception):
     """A cache folder that disagrees with its corpus; the message says how, e.g. 'tokens.npy is truncated'."""
 
 
-def folder_for(data_dir: Path, sha: str, encoding: str, fixed: Vocab | None) -> Path:
-    """The cache folder of a corpus with content hash `sha`, read as `encoding` (and a fixed vocabulary)."""
+def folder_for(data_dir: Path, sha: str, encoding: str, fixed: Vocab | None, max_vocab: int = 0) -> Path:
+    """The cache folder of a corpus with content hash `sha`, read as `encoding` (and a fixed
+    vocabulary, or a vocabulary capped at `max_vocab` symbols: other ids, so another folder)."""
     key = f"{sha[:16]}-{encoding}"
     if fixed is not None:
         key += "-v" + hashlib.sha256("".join(fixed.chars).encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    if max_vocab:
+        key += f"-m{max_vocab}"
     return data_dir / "cache" / key
 
 

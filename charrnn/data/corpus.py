@@ -30,7 +30,7 @@ from typing import BinaryIO
 import numpy as np
 
 from charrnn.data import cache
-from charrnn.data.vocab import Vocab, token_dtype, vocab_from_codepoints
+from charrnn.data.vocab import Vocab, capped_vocab, token_dtype, vocab_from_codepoints
 from charrnn.errors import CharRNNError
 from charrnn.files import os_error
 
@@ -309,20 +309,30 @@ def _codepoint_chunks(path: Path, encoding: str, on_bytes: Callable[[bytes], Non
 
 
 def prepare(
-    path: Path | Sequence[Path], data_dir: Path, encoding: str = "utf-8", vocab: Vocab | None = None
+    path: Path | Sequence[Path],
+    data_dir: Path,
+    encoding: str = "utf-8",
+    vocab: Vocab | None = None,
+    max_vocab: int = 0,
 ) -> Prepared:
     """Encode `path` into the token cache (once per content hash) and map it.
 
     `vocab` fixes the vocabulary (e.g. a task's full alphabet) instead of
-    taking the file's own symbols. Raises CharRNNError for an empty or
-    undecodable file, one with symbols outside a given `vocab`, or an OS error.
+    taking the file's own symbols; `max_vocab` keeps the file's most frequent
+    symbols and maps the others to one unknown symbol (charrnn.data.vocab.capped_vocab).
+    Raises CharRNNError for an empty or undecodable file, one with symbols
+    outside a given `vocab`, or an OS error.
     """
     files = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
     path, encoding = (files[0] if len(files) == 1 else files), check_encoding(encoding)  # type: ignore[assignment]
     with _os_errors(f"preparing '{files[0]}'"):
-        sha, symbols, count = _scan(path, encoding)
-        expected = _vocab_for(path, symbols, encoding, vocab)
-        folder = cache.folder_for(Path(data_dir), sha, encoding, vocab)
+        counts = np.zeros(0x110000, dtype=np.int64) if max_vocab and vocab is None else None
+        sha, symbols, count = _scan(path, encoding, counts)
+        if counts is not None:
+            expected = capped_vocab(counts, max_vocab, byte_level=encoding == "bytes")
+        else:
+            expected = _vocab_for(path, symbols, encoding, vocab)
+        folder = cache.folder_for(Path(data_dir), sha, encoding, vocab, max_vocab if counts is not None else 0)
         # Checking the cache (header, size, vocab.json, a max over the ids) costs about 2% of
         # pass 1, which reads the whole corpus anyway: see benchmarks/RESULTS.md, "Cache check".
         tokens, notes = cache.open_or_build(
@@ -351,12 +361,16 @@ def _stream_chunks(path: Path | list[Path], encoding: str, on_bytes: Callable[[b
         yield from _codepoint_chunks(one, encoding, on_bytes)
 
 
-def _scan(path: Path | list[Path], encoding: str) -> tuple[str, np.ndarray, int]:
-    """Pass 1: the content's sha256, its sorted code points and its character count."""
+def _scan(path: Path | list[Path], encoding: str, counts: np.ndarray | None = None) -> tuple[str, np.ndarray, int]:
+    """Pass 1: the content's sha256, its sorted code points and its character count (and,
+    into `counts` when given, the occurrences of each code point)."""
     digest = hashlib.sha256()
     seen = np.zeros(0x110000, dtype=bool)
     count = 0
     for cps in _stream_chunks(path, encoding, digest.update):
+        if counts is not None:
+            found = np.bincount(cps)
+            counts[: len(found)] += found
         seen[np.unique(cps) if cps.size < 4096 else np.flatnonzero(np.bincount(cps))] = True
         count += cps.size
     if count == 0:
@@ -380,8 +394,11 @@ def _encode_into(path: Path | list[Path], encoding: str, vocab: Vocab, count: in
 
 def _ids(path: Path | list[Path], encoding: str, vocab: Vocab, sha: str) -> Iterator[np.ndarray]:
     """The file's ids, chunk by chunk; raises when the file is no longer what pass 1 read."""
-    codepoints = vocab.codepoints
-    lut = np.full(int(codepoints.max()) + 1, len(vocab), dtype=np.uint32)  # len(vocab): not a symbol
+    codepoints, unknown_id = vocab.codepoints, vocab.unknown_id
+    if unknown_id is not None:  # a capped vocabulary: every code point not kept is the unknown symbol
+        lut = np.full(0x110000, unknown_id, dtype=np.uint32)
+    else:
+        lut = np.full(int(codepoints.max()) + 1, len(vocab), dtype=np.uint32)  # len(vocab): not a symbol
     lut[codepoints] = np.arange(len(vocab))
     dtype, digest = token_dtype(len(vocab)), hashlib.sha256()
     changed = CharRNNError(f"{_label(path)} changed while it was being prepared: run the command again.")
@@ -398,8 +415,24 @@ def _ids(path: Path | list[Path], encoding: str, vocab: Vocab, sha: str) -> Iter
 
 def split(tokens: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
     """First (1 - val_frac) trains, the last val_frac validates (contiguous, as nanoGPT)."""
-    cut = int(len(tokens) * (1.0 - val_frac))
+    # The small margin keeps a product that is an integer on paper (950 * 90/95) from
+    # rounding down below it.
+    cut = int(len(tokens) * (1.0 - val_frac) + 1e-6)
     return tokens[:cut], tokens[cut:]
+
+
+def hold_out(tokens: np.ndarray, test_frac: float) -> tuple[np.ndarray, np.ndarray]:
+    """(the text trained and validated on, the last test_frac of `tokens` held out for testing)."""
+    cut = len(tokens) - int(round(len(tokens) * test_frac))
+    return tokens[:cut], tokens[cut:]
+
+
+def split_parts(tokens: np.ndarray, val_frac: float, test_frac: float = 0.0) -> tuple[np.ndarray, ...]:
+    """(train, val, test): contiguous, in that order. The test part is held out first; `val_frac`
+    is the validation share of what is left (as TrainConfig.val_frac), which training splits
+    with `split` exactly as here."""
+    head, test = hold_out(tokens, test_frac)
+    return (*split(head, val_frac), test)
 
 
 def read_text(path: str | Path, encoding: str = "utf-8") -> str:

@@ -8,9 +8,8 @@ for some positions of the text; consumers (statistics in `charrnn.neurons.unitst
 `Recorder` here) see each position once, so long files never need all their
 activations in memory at once.
 
-Stacks that implement `forward_with_activations(x, state) -> (out, state, acts)`
-report their own; for the fused torch layers the cell equations are re-run here
-step by step from the layer weights (the hidden outputs equal the fused kernel's).
+How one chunk's activations are computed is charrnn.neurons.layers; only the kinds the
+consumers need are computed (a consumer's `needs`).
 """
 
 from __future__ import annotations
@@ -18,19 +17,19 @@ from __future__ import annotations
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Protocol
 
 import numpy as np
 import torch
-from torch import Tensor, nn
 
 from charrnn.config import Unknown
 from charrnn.data.vocab import Vocab, unknown_error
 from charrnn.errors import CharRNNError
-from charrnn.models.charrnn import CharRNN, FusedStack
+from charrnn.models.charrnn import CharRNN
+from charrnn.neurons.layers import stack_activations
 
 # Kinds that are sigmoid gates, with values in [0, 1]; gate statistics use these.
 GATE_KINDS = ("input", "forget", "output", "reset", "update", "feedback")
@@ -38,86 +37,8 @@ GATE_KINDS = ("input", "forget", "output", "reset", "update", "feedback")
 BOUNDED_KINDS = GATE_KINDS + ("hidden",)
 # Parallel streams are only used when each gets at least this many characters.
 MIN_STREAM_CHARS = 10_000
-
-Acts = dict[str, Tensor]  # kind -> (L, B, T, U)
-State = tuple[Tensor, ...]
-
-
-def fused_layer_activations(layer: nn.Module, x: Tensor, state: State) -> tuple[Tensor, State, dict[str, Tensor]]:
-    """Step one single-layer batch-first nn.LSTM / nn.GRU / nn.RNN by hand.
-
-    x (B, T, In); state (h, c) for LSTM or (h,), each (B, H).
-    Returns out (B, T, H), the new state and {kind: (B, T, H)}.
-    """
-    w_ih, w_hh = cast(Tensor, layer.weight_ih_l0), cast(Tensor, layer.weight_hh_l0)
-    b_ih: Tensor | None = getattr(layer, "bias_ih_l0", None)
-    b_hh: Tensor | None = getattr(layer, "bias_hh_l0", None)
-    if b_hh is None:
-        b_hh = torch.zeros(w_hh.shape[0], dtype=x.dtype, device=x.device)
-    xw = nn.functional.linear(x, w_ih, b_ih)  # (B, T, G*H), all input projections at once
-    if not isinstance(layer, nn.GRU):
-        xw = xw + b_hh  # GRU keeps b_hh inside the reset product; the others just add it
-    w_hh_t = w_hh.t()
-    B, T, _ = x.shape
-    H = w_hh.shape[1]
-    names: tuple[str, ...]
-    if isinstance(layer, nn.LSTM):
-        names = ("input", "forget", "output", "cell", "hidden")
-    elif isinstance(layer, nn.GRU):
-        names = ("reset", "update", "hidden")
-    elif isinstance(layer, nn.RNN):
-        names = ("hidden",)
-    else:
-        raise CharRNNError(f"cannot read activations of a {type(layer).__name__} layer.")
-    acts = {name: x.new_empty(B, T, H) for name in names}
-    h = state[0]
-    c = state[1] if isinstance(layer, nn.LSTM) else h
-    for t in range(T):
-        if isinstance(layer, nn.LSTM):
-            z = torch.addmm(xw[:, t], h, w_hh_t)  # (B, 4H): i, f, g, o
-            s = torch.sigmoid(z)
-            i, f, o = s[:, :H], s[:, H : 2 * H], s[:, 3 * H :]
-            c = f * c + i * torch.tanh(z[:, 2 * H : 3 * H])
-            h = o * torch.tanh(c)
-            acts["input"][:, t], acts["forget"][:, t], acts["output"][:, t] = i, f, o
-            acts["cell"][:, t] = c
-        elif isinstance(layer, nn.GRU):
-            hw = torch.addmm(b_hh, h, w_hh_t)  # (B, 3H): r, z, n
-            rz = torch.sigmoid(xw[:, t, : 2 * H] + hw[:, : 2 * H])
-            r, u = rz[:, :H], rz[:, H:]
-            n = torch.tanh(xw[:, t, 2 * H :] + r * hw[:, 2 * H :])
-            h = (1 - u) * n + u * h
-            acts["reset"][:, t], acts["update"][:, t] = r, u
-        else:
-            z = torch.addmm(xw[:, t], h, w_hh_t)
-            h = torch.relu(z) if getattr(layer, "nonlinearity", "tanh") == "relu" else torch.tanh(z)
-        acts["hidden"][:, t] = h
-    new_state = (h, c) if isinstance(layer, nn.LSTM) else (h,)
-    return acts["hidden"], new_state, acts
-
-
-def stack_activations(stack: nn.Module, x: Tensor, state: State) -> tuple[Tensor, State, Acts]:
-    """The stack's forward that also reports activations.
-
-    x (B, T, E); state tuple of (L, B, H). Returns out (B, T, H), the new state
-    and {kind: (L, B, T, U)}. Raises CharRNNError for a stack that cannot report them.
-    """
-    reporting = getattr(stack, "forward_with_activations", None)
-    if reporting is not None:
-        return cast(tuple[Tensor, State, Acts], reporting(x, state))
-    if not isinstance(stack, FusedStack):
-        raise CharRNNError(f"the {type(stack).__name__} stack cannot report its activations.")
-    per_layer: list[dict[str, Tensor]] = []
-    new: list[list[Tensor]] = [[] for _ in state]
-    for i, layer in enumerate(stack.layers):
-        if i > 0:
-            x = stack.drop(x)
-        x, layer_state, acts = fused_layer_activations(layer, x, tuple(s[i] for s in state))
-        for part, s in zip(new, layer_state):
-            part.append(s)
-        per_layer.append(acts)
-    stacked = {kind: torch.stack([a[kind] for a in per_layer]) for kind in per_layer[0]}
-    return x, tuple(torch.stack(parts) for parts in new), stacked
+# Multiply-adds of one step's recurrent matmul worth a thread (see step_threads).
+STEP_MACS_PER_THREAD = 4_000_000
 
 
 def activation_kinds(model: CharRNN) -> dict[str, int]:
@@ -177,12 +98,15 @@ def plan_streams(n: int, batch_size: int, min_chars: int = MIN_STREAM_CHARS) -> 
     return max(1, min(batch_size, n // max(min_chars, 1)))
 
 
-def iter_chunks(model: CharRNN, ids: np.ndarray, chunk_len: int = 256, streams: int = 1) -> Iterator[Chunk]:
+def iter_chunks(
+    model: CharRNN, ids: np.ndarray, chunk_len: int = 256, streams: int = 1, kinds: Collection[str] | None = None
+) -> Iterator[Chunk]:
     """Run ids (N,) through the model in chunks of chunk_len steps, state carried.
 
     With streams B > 1 the text is cut into B consecutive segments run side by
     side (each from a zero state), which is faster for long files; positions
-    then arrive in segment order, each exactly once.
+    then arrive in segment order, each exactly once. `kinds` limits the chunks'
+    activations to those kinds (all by default): fewer kinds, less work.
     """
     n = len(ids)
     B = max(1, min(streams, n))
@@ -191,19 +115,56 @@ def iter_chunks(model: CharRNN, ids: np.ndarray, chunk_len: int = 256, streams: 
     grid[:n] = ids
     tokens = torch.from_numpy(grid.reshape(B, seg))
     positions = np.arange(B * seg).reshape(B, seg)
-    state = model.init_state(B)
-    with torch.no_grad():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(step_threads(B, model.cfg.hidden_size, threads))
+    try:
+        yield from _chunks(model, tokens, positions, n, chunk_len, kinds)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def step_threads(streams: int, hidden_size: int, threads: int) -> int:
+    """Threads for a time step of `streams` x `hidden_size`: one per STEP_MACS_PER_THREAD of its
+    recurrent matmul, at most `threads`. Every step ends at a barrier of all threads; when the
+    step is small, or the cores are shared, waiting there costs more than the work shared
+    (a 1x64 LSTM over 45k characters took 128 s with 2 threads on 2 busy cores, 7 s with one)."""
+    macs = streams * hidden_size * 4 * hidden_size
+    return max(1, min(threads, macs // STEP_MACS_PER_THREAD))
+
+
+def _chunks(
+    model: CharRNN,
+    tokens: torch.Tensor,
+    positions: np.ndarray,
+    n: int,
+    chunk_len: int,
+    kinds: Collection[str] | None,
+) -> Iterator[Chunk]:
+    B, seg = tokens.shape
+    with torch.inference_mode():
+        state = model.init_state(B)
         for start in range(0, seg, chunk_len):
             x = tokens[:, start : start + chunk_len]  # (B, T)
-            out, state, acts = stack_activations(model.stack, model.embed(x), state)
-            logits = model.head(out)  # (B, T, V)
+            out, state, acts = stack_activations(model.stack, model.embed(x), state, kinds)
+            logits = model.head(out).reshape(-1, model.head.out_features)  # (B*T, V)
             pos = positions[:, start : start + chunk_len].reshape(-1)
-            keep = pos < n
-            yield Chunk(
-                pos=pos[keep],
-                acts={k: v.reshape(v.shape[0], -1, v.shape[-1]).numpy()[:, keep] for k, v in acts.items()},
-                logits=logits.reshape(-1, logits.shape[-1]).numpy()[keep],
-            )
+            flat = {k: v.reshape(v.shape[0], -1, v.shape[-1]).numpy() for k, v in acts.items()}  # (L, B*T, U)
+            if pos[-1] >= n:  # padding, only at the end of the last segment: drop its rows
+                keep = pos < n
+                pos, flat = pos[keep], {k: v[:, keep] for k, v in flat.items()}
+                logits = logits[torch.from_numpy(keep)]
+            yield Chunk(pos=pos, acts=flat, logits=logits.numpy())
+
+
+def needed_kinds(consumers: list[Consumer]) -> set[str] | None:
+    """The kinds the consumers read (their `needs`), or None (every kind) if one does not say."""
+    wanted: set[str] = set()
+    for consumer in consumers:
+        needs = getattr(consumer, "needs", None)
+        if needs is None:
+            return None
+        wanted |= set(needs)
+    return wanted
 
 
 def run_text(
@@ -214,8 +175,11 @@ def run_text(
     streams: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Feed every chunk of ids to each consumer; progress(characters done) after each chunk."""
-    for chunk in iter_chunks(model, ids, chunk_len, streams):
+    """Feed every chunk of ids to each consumer; progress(characters done) after each chunk.
+
+    Only the kinds the consumers need are computed (see needed_kinds).
+    """
+    for chunk in iter_chunks(model, ids, chunk_len, streams, needed_kinds(consumers)):
         for consumer in consumers:
             consumer.add(chunk)
         if progress is not None:
@@ -239,6 +203,10 @@ class Recorder:
     values: dict[str, np.ndarray] = field(init=False)
     top_ids: np.ndarray = field(init=False)  # (N, K) int64
     top_probs: np.ndarray = field(init=False)  # (N, K) float32
+
+    @property
+    def needs(self) -> set[str]:
+        return set(self.kinds)
 
     def __post_init__(self) -> None:
         n = self.limit - self.start

@@ -12,6 +12,7 @@ charrnn.cli.neurons only renders these.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from charrnn.neurons.activations import (
     run_text,
     write_npz,
 )
-from charrnn.neurons.unitstats import GateCounts, UnitScan, UnitScore, rank_units, summarise_gates
+from charrnn.neurons.unitstats import GateCounts, UnitRecorder, UnitScan, UnitScore, rank_units, summarise_gates
 
 if TYPE_CHECKING:
     from charrnn.neurons.viewer import PageData
@@ -56,7 +57,8 @@ GATE_HEAD = [
 
 
 def read_input(text: str | None, file: Path | None, byte_level: bool, stdin: TextIO | None) -> str:
-    """The text to inspect: `text`, else the file's text as training reads it, else `stdin`.
+    """The text to inspect: `text`, else the file's text as training reads it, else `stdin`
+    (standard input itself is read as training reads a file: a BOM dropped, CRLF kept).
 
     A byte-level model reads the UTF-8 bytes of `text` and stdin as U+0000..U+00FF.
     Raises CharRNNError when both or neither are given (stdin a terminal counts as neither).
@@ -70,6 +72,8 @@ def read_input(text: str | None, file: Path | None, byte_level: bool, stdin: Tex
     if text is None:
         if stdin is None or stdin.isatty():
             raise CharRNNError("no text: give one with --text, --file or on standard input.")
+        if stdin is sys.stdin:  # the process's own input: its bytes, decoded as a file's (CRLF kept)
+            return read_text("-", "bytes" if byte_level else "utf-8")
         text = stdin.read()
     return text.encode("utf-8").decode("latin-1") if byte_level else text
 
@@ -105,13 +109,22 @@ def _run(
     batch_size: int,
     progress: Progress | None,
     streams: int | None = None,
+    total: int | None = None,
 ) -> None:
+    """One pass over ids; progress(step, total) with total the characters of all passes."""
     n = len(ids)
+    total = n if total is None else total
     run_text(
         model, ids, consumers,
         streams=plan_streams(n, batch_size) if streams is None else streams,
-        progress=None if progress is None else lambda done: progress(done, n),
+        progress=None if progress is None else lambda step: progress(step, total),
     )  # fmt: skip
+
+
+# inspect keeps one kind's every unit in memory (to pick the most varying afterwards) only up to
+# this many bytes; beyond it (about 65k characters of a 2x512 model) it reads the text twice:
+# once for the variances, once for the chosen units.
+RECORD_LIMIT = 256 * 2**20
 
 
 @dataclass
@@ -119,10 +132,9 @@ class InspectReport:
     text: str  # the characters kept (N)
     kind: str
     units: list[tuple[int, int]]  # (layer, unit) shown, in order
-    values: np.ndarray  # (L, N, U) activations of `kind`
+    values: np.ndarray  # (N, K) activations of `kind`, one column per shown unit
     top_chars: list[list[str]]  # (N, K) most likely next characters
     top_probs: np.ndarray  # (N, K) their probabilities
-    recorder: Recorder  # every kind, for --export
 
 
 def inspect_units(
@@ -135,32 +147,61 @@ def inspect_units(
     top_units: int = 0,
     predictions: int = 0,
     unknown: Unknown = "error",
+    batch_size: int = 16,
+    export: Path | None = None,
+    progress: Progress | None = None,
 ) -> InspectReport:
     """One unit's activation over `raw` (by default the last layer's most varying unit), or the
     `top_units` most varying units (of every layer unless `layer` names one).
 
-    `kind` defaults to cell where the model has one, else hidden. Raises CharRNNError for a
-    layer, kind or unit the model lacks, and for characters outside the vocabulary.
+    `kind` defaults to cell where the model has one, else hidden. A text of 20k characters
+    or more runs as up to batch_size parallel streams (see plan_streams); choosing the most
+    varying units of a text too long to keep (RECORD_LIMIT) reads it twice. With
+    `export`, every kind's activations of the whole text go to that .npz (built in
+    memory-mapped files beside it). Raises CharRNNError for a layer, kind or unit the model
+    lacks, and for characters outside the vocabulary.
     """
-    kinds = activation_kinds(model)
+    all_kinds = activation_kinds(model)
     num_layers = ckpt.model_config.num_layers
-    kind = kind or ("cell" if "cell" in kinds else "hidden")
-    check_selection(kinds, num_layers, num_layers - 1 if layer is None else layer, kind, unit or 0)
+    kind = kind or ("cell" if "cell" in all_kinds else "hidden")
+    check_selection(all_kinds, num_layers, num_layers - 1 if layer is None else layer, kind, unit or 0)
     text, ids = encode_text(raw, ckpt.vocab, unknown)
-    recorder = Recorder(kinds, num_layers, len(ids), top_k=predictions)
-    run_text(model, ids, [recorder])
-    values = recorder.values[kind]  # (L, N, U)
-    variance = {kind: values.var(axis=1)}
-    if top_units:
-        ranked = rank_units(variance, top_units, by_abs=False, layer=layer)
-        units = [(s.layer, s.unit) for s in ranked]
-    else:
-        layer = num_layers - 1 if layer is None else layer
-        if unit is None:
-            unit = rank_units(variance, 1, by_abs=False, layer=layer)[0].unit
-        units = [(layer, unit)]
-    top_chars = [[ckpt.vocab.chars[i] for i in row] for row in recorder.top_ids] if predictions else []
-    return InspectReport(text, kind, units, values, top_chars, recorder.top_probs, recorder)
+    n, width = len(ids), all_kinds[kind]
+    preds = Recorder({}, num_layers, n, top_k=predictions)
+    consumers: list[Consumer] = [preds] if predictions else []
+    scratch = Path(export).resolve().parent if export is not None else None
+    if scratch is not None:
+        scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".charrnn-export-", dir=scratch) as tmp:
+        full = Recorder(all_kinds, num_layers, n, directory=Path(tmp)) if export is not None else None
+        consumers += [full] if full is not None else []
+        if unit is not None and not top_units:
+            units = [(num_layers - 1 if layer is None else layer, unit)]
+            chosen = UnitRecorder(kind, units, n)
+            _run(model, ids, consumers + [chosen], batch_size, progress)
+            values = chosen.values
+        else:
+            scan = UnitScan({kind: width}, num_layers)  # variances only
+            kept = full
+            if kept is None and n * num_layers * width * 4 <= RECORD_LIMIT:
+                kept = Recorder({kind: width}, num_layers, n)
+                consumers.append(kept)
+            total = n if kept is not None else 2 * n
+            _run(model, ids, [scan] + (consumers if kept is not None else []), batch_size, progress, total=total)
+            if not top_units:  # the most varying unit of the last (or the chosen) layer
+                layer = num_layers - 1 if layer is None else layer
+            ranked = rank_units(scan.variances(), top_units or 1, by_abs=False, layer=layer)
+            units = [(s.layer, s.unit) for s in ranked]
+            if kept is not None:
+                values = np.stack([kept.values[kind][l, :, u] for l, u in units], axis=1)
+            else:  # a long text: read it again for the chosen units only
+                chosen = UnitRecorder(kind, units, n)
+                _run(model, ids, consumers + [chosen], batch_size, progress, total=total)
+                values = chosen.values
+        if full is not None and export is not None:
+            write_npz(export, text, ckpt.vocab, ckpt.model_config.model, full)
+    top_chars = [[ckpt.vocab.chars[i] for i in row] for row in preds.top_ids] if predictions else []
+    return InspectReport(text, kind, units, values, top_chars, preds.top_probs)
 
 
 def inspect_rows(report: InspectReport) -> list[list[str]]:
@@ -170,7 +211,7 @@ def inspect_rows(report: InspectReport) -> list[list[str]]:
     head += [f"{name}{i + 1}" for i in range(k) for name in ("next", "p")]
     rows = [head]
     for t, ch in enumerate(report.text):
-        row = [str(t), escape_field(ch)] + [f"{report.values[l, t, u]:.4f}" for l, u in report.units]
+        row = [str(t), escape_field(ch)] + [f"{v:.4f}" for v in report.values[t]]
         for i in range(k):
             row += [escape_field(report.top_chars[t][i]), f"{report.top_probs[t, i]:.4f}"]
         rows.append(row)

@@ -17,31 +17,56 @@ from charrnn.neurons.activations import GATE_KINDS, Chunk
 
 
 class Moments:
-    """Running statistics of x (U columns) and y (F columns) over added rows."""
+    """Running statistics of x (U columns, or any shape `units` per row) and y (F columns).
 
-    def __init__(self, units: int, features: int) -> None:
+    Each added chunk is reduced in float32 with torch (its own mean and centred sum of
+    squares, and x^T y against y centred in float64, which equals the centred co-moment
+    because the centred y sums to 0), then merged into float64 totals, so rounding stays at
+    the level of one chunk however long the text.
+    """
+
+    def __init__(self, units: int | tuple[int, ...], features: int) -> None:
+        shape = (units,) if isinstance(units, int) else tuple(units)
         self.n = 0
-        self.mean_x = np.zeros(units)
+        self.mean_x = np.zeros(shape)
         self.mean_y = np.zeros(features)
-        self.m2_x = np.zeros(units)  # sum of squared deviations
+        self.m2_x = np.zeros(shape)  # sum of squared deviations
         self.m2_y = np.zeros(features)
-        self.c_xy = np.zeros((units, features))  # sum of deviation products
+        self.c_xy = np.zeros(shape + (features,))  # sum of deviation products
 
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        """x (M, U), y (M, F): merge these M rows into the running statistics."""
-        m = x.shape[0]
+        """x (M, U) or (..., M, U) matching `units`, y (M, F): merge these M rows."""
+        import torch
+
+        m = x.shape[-2]
         if m == 0:
             return
-        x = x.astype(np.float64)
-        y = y.astype(np.float64)
-        mx, my = x.mean(0), y.mean(0)
-        xc, yc = x - mx, y - my
+        xt = torch.as_tensor(x)
+        xt = xt if xt.dtype == torch.float64 else xt.float()  # float32 activations stay float32
+        # Shifted by the chunk's first row, so a constant unit sums to exactly 0 (no spurious r).
+        xs = xt - xt[..., :1, :]
+        # Plain sums and (F, M) @ (M, U) matmuls: torch's var_mean over the middle dimension and
+        # a matmul against a transposed x are several times slower.
+        shift_mean = xs.sum(dim=-2, keepdim=True) / m
+        y = np.asarray(y, dtype=np.float64)
+        my = y.mean(0)
+        yc = y - my
+        if y.shape[1]:
+            yt = torch.from_numpy(np.ascontiguousarray(yc.T)).to(xt.dtype)  # (F, M)
+            c = (yt @ xs).transpose(-1, -2).double().numpy()  # (..., U, F) = xs^T yc
+            # xs^T yc = (xs - mean)^T yc + mean * sum(yc); the second term is rounding (yc sums
+            # to 0 only in exact arithmetic), removed so that a large mean costs no accuracy.
+            c -= shift_mean.squeeze(-2).double().numpy()[..., None] * yt.double().sum(1).numpy()
+        else:
+            c = np.zeros(tuple(xt.shape[:-2]) + (xt.shape[-1], 0))
+        mx = (xt[..., 0, :].double() + shift_mean.squeeze(-2).double()).numpy()
+        m2 = xs.sub_(shift_mean).square_().sum(dim=-2).double().numpy()
         n = self.n + m
         dx, dy = mx - self.mean_x, my - self.mean_y
         w = self.n * m / n
-        self.m2_x += (xc * xc).sum(0) + dx * dx * w
+        self.m2_x += m2 + dx * dx * w
         self.m2_y += (yc * yc).sum(0) + dy * dy * w
-        self.c_xy += xc.T @ yc + np.outer(dx, dy) * w
+        self.c_xy += c + dx[..., None] * dy * w
         self.mean_x += dx * m / n
         self.mean_y += dy * m / n
         self.n = n
@@ -52,7 +77,7 @@ class Moments:
 
     def correlation(self) -> np.ndarray:
         """(U, F) Pearson r; 0 where a column is constant."""
-        denom = np.sqrt(np.outer(self.m2_x, self.m2_y))
+        denom = np.sqrt(self.m2_x[..., None] * self.m2_y)
         with np.errstate(invalid="ignore", divide="ignore"):
             r = np.where(denom > 0, self.c_xy / np.where(denom > 0, denom, 1.0), 0.0)
         return np.clip(r, -1.0, 1.0)
@@ -81,7 +106,11 @@ class UnitScan:
         self.num_layers = num_layers
         self.features = features
         f = 0 if features is None else features.shape[1]
-        self.moments = {k: Moments(num_layers * u, f) for k, u in self.kinds.items()}
+        self.moments = {k: Moments((num_layers, u), f) for k, u in self.kinds.items()}
+
+    @property
+    def needs(self) -> set[str]:
+        return set(self.kinds)
 
     def add(self, chunk: Chunk) -> None:
         m = len(chunk.pos)
@@ -90,23 +119,37 @@ class UnitScan:
         else:
             y = self.features[chunk.pos]
         for kind, moments in self.moments.items():
-            value = chunk.acts[kind]  # (L, M, U)
-            moments.add(value.transpose(1, 0, 2).reshape(m, -1), y)
-
-    def _per_layer(self, kind: str, flat: np.ndarray) -> np.ndarray:
-        return flat.reshape(self.num_layers, self.kinds[kind])  # (L, U)
+            moments.add(chunk.acts[kind], y)  # (L, M, U)
 
     def variances(self) -> dict[str, np.ndarray]:
         """kind -> (L, U) variance of each unit over the text."""
-        return {k: self._per_layer(k, m.variance()) for k, m in self.moments.items()}
+        return {k: m.variance() for k, m in self.moments.items()}
 
     def correlations(self, feature: int) -> dict[str, np.ndarray]:
         """kind -> (L, U) Pearson r of each unit with feature column `feature`."""
-        return {k: self._per_layer(k, m.correlation()[:, feature]) for k, m in self.moments.items()}
+        return {k: m.correlation()[..., feature] for k, m in self.moments.items()}
 
     def feature_is_constant(self, feature: int) -> bool:
         moments = next(iter(self.moments.values()))
         return bool(moments.feature_variance()[feature] <= 1e-12)
+
+
+class UnitRecorder:
+    """Consumer: the values of a few units of one kind at every position, (N, K) in text order."""
+
+    def __init__(self, kind: str, units: list[tuple[int, int]], n: int) -> None:
+        self.kind = kind
+        self.units = list(units)  # (layer, unit), one column each
+        self.values = np.zeros((n, len(self.units)), np.float32)
+        self._layers = np.array([l for l, _ in self.units], dtype=np.int64)
+        self._cols = np.array([u for _, u in self.units], dtype=np.int64)
+
+    @property
+    def needs(self) -> set[str]:
+        return {self.kind}
+
+    def add(self, chunk: Chunk) -> None:
+        self.values[chunk.pos] = chunk.acts[self.kind][self._layers, :, self._cols].T  # (M, K)
 
 
 def rank_units(
@@ -139,11 +182,17 @@ class GateCounts:
         self.left = {k: np.zeros((num_layers, kinds[k]), np.int64) for k in self.gates}
         self.right = {k: np.zeros((num_layers, kinds[k]), np.int64) for k in self.gates}
 
+    @property
+    def needs(self) -> set[str]:
+        return set(self.gates)
+
     def add(self, chunk: Chunk) -> None:
+        import torch
+
         for kind in self.gates:
-            value = chunk.acts[kind]  # (L, M, U)
-            self.left[kind] += (value < self.low).sum(axis=1)
-            self.right[kind] += (value > self.high).sum(axis=1)
+            value = torch.as_tensor(chunk.acts[kind])  # (L, M, U)
+            self.left[kind] += (value < self.low).sum(dim=1).numpy()
+            self.right[kind] += (value > self.high).sum(dim=1).numpy()
         self.n += len(chunk.pos)
 
     def fractions(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:

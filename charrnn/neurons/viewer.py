@@ -23,7 +23,10 @@ import numpy as np
 from charrnn.curves import Curves
 from charrnn.errors import CharRNNError
 from charrnn.neurons.activations import BOUNDED_KINDS
+from charrnn.neurons.gradient_panel import gradients_html
+from charrnn.neurons.gradients import GradientNorms
 from charrnn.neurons.unitstats import UnitScore
+from charrnn.rundir import GradHealth
 
 # Diverging scale: blue for negative, white at 0, red for positive (ColorBrewer RdBu ends).
 NEGATIVE = (33, 102, 172)
@@ -52,6 +55,9 @@ class PageData:
     gates: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # (L, U) each
     curves: Curves | None = None
     initial: tuple[int, str, int] = (0, "hidden", 0)  # layer, kind, unit shown first
+    gradients: GradientNorms | None = None  # norms by lag over the text (charrnn gradients)
+    grad_health: GradHealth | None = None  # training gradient norm and clipped steps
+    grad_clip: float = 0.0  # the run's clip level, drawn over the training norm
 
 
 def _encode_block(block: np.ndarray) -> dict[str, object]:
@@ -277,6 +283,7 @@ unit <button id="prev">‹</button><input id="unit" type="number" min="0"><butto
 <div id="text"></div>
 <h3>Gate saturation</h3>{gate_scatter_svg(data.gates)}
 <h3>Learning curves</h3>{curves_svg(data.curves)}
+<h3>Gradients</h3>{gradients_html(data.gradients, data.grad_health, data.grad_clip)}
 </div>
 <div id="side"><h3>Units</h3>
 <input id="search" placeholder="filter (quotes, cell, layer 1) or go: 1 cell 17">

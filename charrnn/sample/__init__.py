@@ -19,7 +19,6 @@ This module imports neither torch nor numba (nor NumPy): each engine is imported
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,6 +28,9 @@ from charrnn.config import DeviceName, Engine, SampleConfig, Weights
 from charrnn.errors import CharRNNError
 
 Purpose = Literal["sample", "score"]
+
+# Streams stepped as one batch by `Sampler.generate_samples`; more samples run in turns.
+MAX_BATCH = 256
 
 __all__ = ["Purpose", "Sampler", "open_sampler"]
 
@@ -70,8 +72,8 @@ class Sampler:
     holding NaN or infinity (the text will be noise: callers may warn).
 
     One Sampler may be shared between threads (a server): the engines' steps keep scratch
-    buffers per batch size, so `generate` and `score` hold the Sampler's lock while they
-    step, and nothing the policy above decides per call (the engine for a long prime, the
+    buffers per batch size, so `generate`, `generate_samples` and `score` hold the Sampler's
+    lock while they step, and nothing the policy above decides per call (the engine for a long prime, the
     fast step) is changed on the shared object. Threads that must step in parallel each
     open their own Sampler."""
 
@@ -119,39 +121,76 @@ class Sampler:
         self.nonfinite = list(ckpt.nonfinite)
 
     def generate(self, prime: str, cfg: SampleConfig, emit: Callable[[str], None] | None = None) -> str:
-        """`cfg.length` new characters after `prime` (one sample: cfg.num_samples is the
-        caller's loop), each passed to `emit` as it is drawn. Returns them, without the prime.
-        Raises CharRNNError for characters outside the vocabulary."""
+        """`cfg.length` new characters after `prime` (one sample: see `generate_samples` for
+        cfg.num_samples), each passed to `emit` as it is drawn; with `cfg.beam`, the beam
+        search's text (charrnn.sample.beam), passed on as the beams agree on it. Returns
+        them, without the prime. Raises CharRNNError for characters outside the vocabulary."""
         emit = emit or (lambda _piece: None)
         self.vocab.encode(prime)  # unknown characters: an error before anything is drawn
         with self._lock:
-            if self.engine == "numpy" and self.requested == "auto" and len(prime) > _max_prime():
-                if self._long is None:  # a long prime: torch reads it in one pass
-                    self._long = Sampler(self.path, self.requested, self.weights, self.device, self.purpose)
-                    self._long._use_torch()
-                return self._long.generate(prime, cfg, emit)
-            if self.engine == "numpy":
+            serving = self._serving(prime)
+            if cfg.beam:
+                from charrnn.sample.beam import beam_search
+
+                return beam_search(*serving.open_streams(prime, 1), serving.vocab, cfg, emit).text
+            if serving.engine == "numpy":
                 from charrnn.sample import numpy_engine
 
-                return numpy_engine.generate(self._net, self.vocab, prime, cfg, emit)
-            if self._stepper is None:  # opened for scoring: sampling needs the fast step
-                from charrnn.sample.torch_engine import make_stepper
-
-                self._stepper = make_stepper(self._model, self.weights)
+                return numpy_engine.generate(serving._net, serving.vocab, prime, cfg, emit)
             from charrnn.sample.torch_engine import generate
 
-            return generate(self._model, self.vocab, prime, cfg, emit, stepper=self._stepper)
+            return generate(serving._model, serving.vocab, prime, cfg, emit, stepper=serving._torch_stepper())
 
-    def generate_samples(self, prime: str, cfg: SampleConfig, emit: Callable[[str], None] | None = None) -> list[str]:
-        """`cfg.num_samples` samples; the i-th uses seed cfg.seed + i (a fresh one if None)."""
-        return [
-            self.generate(
-                prime,
-                dataclasses.replace(cfg, seed=None if cfg.seed is None else cfg.seed + i),
-                emit,
-            )
-            for i in range(cfg.num_samples)
-        ]
+    def generate_samples(
+        self, prime: str, cfg: SampleConfig, emit: Callable[[int, str], None] | None = None
+    ) -> list[str]:
+        """`cfg.num_samples` samples after `prime`, stepped together as one batch (of up to
+        MAX_BATCH streams at a time), each character passed to `emit(i, ch)` for sample i.
+        Sample i draws with seed cfg.seed + i (each a fresh one if cfg.seed is None), so it
+        is the text `generate` writes with that seed. With `cfg.beam`: one sample."""
+        if cfg.beam or cfg.num_samples == 1:  # one text: the single stream's loop is a little faster
+            return [self.generate(prime, cfg, None if emit is None else lambda piece: emit(0, piece))]
+        emit = emit or (lambda _i, _piece: None)
+        self.vocab.encode(prime)
+        seeds = [None if cfg.seed is None else cfg.seed + i for i in range(cfg.num_samples)]
+        texts: list[str] = []
+        from charrnn.sample.draw import draw_streams
+
+        with self._lock:
+            serving = self._serving(prime)
+            for start in range(0, len(seeds), MAX_BATCH):
+                chunk = seeds[start : start + MAX_BATCH]
+                logits, streams = serving.open_streams(prime, len(chunk))
+                texts += draw_streams(logits, streams, serving.vocab, cfg, chunk, lambda i, ch: emit(start + i, ch))
+        return texts
+
+    def _serving(self, prime: str) -> Sampler:
+        """The sampler that steps `prime`: this one, or on auto a torch one for a long prime."""
+        if self.engine == "numpy" and self.requested == "auto" and len(prime) > _max_prime():
+            if self._long is None:  # a long prime: torch reads it in one pass
+                self._long = Sampler(self.path, self.requested, self.weights, self.device, self.purpose)
+                self._long._use_torch()
+            return self._long
+        return self
+
+    def _torch_stepper(self) -> Any:
+        if self._stepper is None:  # opened for scoring: sampling needs the fast step
+            from charrnn.sample.torch_engine import make_stepper
+
+            self._stepper = make_stepper(self._model, self.weights)
+        return self._stepper
+
+    def open_streams(self, prime: str, n: int) -> tuple[Any, Any]:
+        """`n` streams that have read `prime` on this engine: their logits (n, V) and the
+        charrnn.sample.draw.Streams that steps them as one batch. The caller holds the lock
+        while it steps them, and passes a prime the engine serves (see `generate`)."""
+        if self.engine == "numpy":
+            from charrnn.sample import numpy_engine
+
+            return numpy_engine.open_streams(self._net, self.vocab, prime, n)
+        from charrnn.sample import torch_engine
+
+        return torch_engine.open_streams(self._model, self.vocab, prime, n, self._torch_stepper())
 
     def score(self, text_or_ids: str | Sequence[int] | Any, batch_size: int = 32, seq_len: int = 256) -> float:
         """Mean cross-entropy of the text in nats per character (state carried across chunks

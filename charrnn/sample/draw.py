@@ -7,7 +7,8 @@ the same seed the torch and NumPy engines write the same characters.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Sequence
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -42,9 +43,11 @@ class StopTail:
         return self.tail == self.stop
 
 
-def draw(logits: np.ndarray, cfg: SampleConfig, rng: np.random.Generator) -> np.ndarray:
+def draw(logits: np.ndarray, cfg: SampleConfig, rng: np.random.Generator | Sequence[np.random.Generator]) -> np.ndarray:
     """Next ids (B,) from logits (B, V): temperature (0 = greedy), then top-k, then top-p.
 
+    `rng` is one generator for all rows, or one per row: a row then draws what it would
+    draw alone, so a stream of a batch writes what a single run with its seed writes.
     Computed in float64 from the logits, so paths whose logits differ by float rounding
     draw the same ids from the same generator state.
     """
@@ -63,7 +66,11 @@ def draw(logits: np.ndarray, cfg: SampleConfig, rng: np.random.Generator) -> np.
         drop = (np.cumsum(probs, -1) - probs) >= cfg.top_p
         np.put_along_axis(z, order, np.where(drop, -np.inf, np.take_along_axis(z, order, -1)), -1)
     # The exponential race: argmax of p / Exp(1) draws index i with probability p_i.
-    return (np.exp(z) / rng.standard_exponential(z.shape)).argmax(-1)
+    if isinstance(rng, np.random.Generator):
+        noise = rng.standard_exponential(z.shape)
+    else:  # row by row: each generator advances by V draws, as it does alone
+        noise = np.stack([r.standard_exponential(V) for r in rng])
+    return (np.exp(z) / noise).argmax(-1)
 
 
 @np.errstate(all="ignore")  # NaN from non-finite weights: the caller warns once
@@ -81,6 +88,7 @@ def draw_text(
     out: list[str] = []
     stop = StopTail(cfg.stop)
     for _ in range(cfg.length):
+        logits = vocab.mask_unknown(logits)  # a capped vocabulary's unknown symbol is never written
         nxt = draw(logits, cfg, rng)
         ch = vocab.chars[int(nxt[0])]
         out.append(ch)
@@ -89,3 +97,51 @@ def draw_text(
             break
         logits = step(nxt)
     return "".join(out)
+
+
+class Streams(Protocol):
+    """B streams of one network, their state held by the engine (see the engines' `open_streams`)."""
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        """Feed ids (B,) int64, one per stream: the next logits (B, V) float32."""
+        ...
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Keep the states of these rows (B',), in this order; a row may repeat (beam search)."""
+        ...
+
+
+@np.errstate(all="ignore")  # NaN from non-finite weights: the caller warns once
+def draw_streams(
+    logits: np.ndarray,
+    streams: Streams,
+    vocab: Vocab,
+    cfg: SampleConfig,
+    seeds: Sequence[int | None],
+    emit: Callable[[int, str], None],
+) -> list[str]:
+    """`draw_text` for B streams stepped as one batch: stream i draws with its own
+    generator, seeded `seeds[i]`, from logits (B, V), and passes each character to
+    `emit(i, ch)`. A stream that reaches `cfg.stop` leaves the batch. Returns the B texts."""
+    rngs = [np.random.default_rng(seed) for seed in seeds]
+    out: list[list[str]] = [[] for _ in rngs]
+    stops = [StopTail(cfg.stop) for _ in rngs]
+    active = list(range(len(rngs)))  # the stream in each row of the batch
+    for _ in range(cfg.length):
+        logits = vocab.mask_unknown(logits)  # a capped vocabulary's unknown symbol is never written
+        nxt = draw(logits, cfg, [rngs[i] for i in active])
+        going = []
+        for row, i in enumerate(active):
+            ch = vocab.chars[int(nxt[row])]
+            out[i].append(ch)
+            emit(i, ch)
+            if not stops[i].reached(ch):
+                going.append(row)
+        if not going:
+            break
+        if len(going) < len(active):
+            rows = np.array(going)
+            streams.keep(rows)
+            active, nxt = [active[r] for r in going], nxt[rows]
+        logits = streams.step(nxt)
+    return ["".join(chars) for chars in out]

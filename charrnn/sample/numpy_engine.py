@@ -31,7 +31,7 @@ from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError
 from charrnn.exporting.safetensors_io import is_safetensors, read_model
 from charrnn.limits import TooLargeError
-from charrnn.sample.draw import draw_text, sampling_context
+from charrnn.sample.draw import draw_streams, draw_text, sampling_context
 from charrnn.sample.numpy_net import GATES, NumpyNet, nonfinite_arrays, score  # noqa: F401  (score: the NumPy scorer)
 
 # Longest prime the numpy path steps through before `--engine auto` prefers torch, whose
@@ -171,3 +171,43 @@ def generate(net: NumpyNet, vocab: Vocab, prime: str, cfg: SampleConfig, emit: C
         return out
 
     return draw_text(logits, step, vocab, cfg, emit)
+
+
+class NumpyStreams:
+    """B streams of a NumpyNet (charrnn.sample.draw.Streams): the state, a list over layers
+    of (h,) or (h, c) arrays (B, H), stepped as one batch."""
+
+    def __init__(self, net: NumpyNet, state: list[tuple[np.ndarray, ...]]) -> None:
+        self.net = net
+        self.state = state
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        logits, self.state = self.net.step(np.ascontiguousarray(ids, dtype=np.int64), self.state)
+        return logits
+
+    def keep(self, rows: np.ndarray) -> None:
+        self.state = [tuple(a[rows] for a in layer) for layer in self.state]
+
+
+@np.errstate(all="ignore")  # NaN from non-finite weights: the caller warns once
+def open_streams(net: NumpyNet, vocab: Vocab, prime: str, n: int) -> tuple[np.ndarray, NumpyStreams]:
+    """`n` streams that have read `prime` (read once, then copied): their logits (n, V) and streams."""
+    state = net.zero_state(1)
+    for i in vocab.encode(sampling_context(prime, vocab)):
+        logits, state = net.step(np.array([i]), state)
+    streams = NumpyStreams(net, state)
+    streams.keep(np.zeros(n, np.int64))
+    return np.repeat(logits, n, 0), streams
+
+
+def generate_many(
+    net: NumpyNet,
+    vocab: Vocab,
+    prime: str,
+    cfg: SampleConfig,
+    seeds: list[int | None],
+    emit: Callable[[int, str], None],
+) -> list[str]:
+    """As `generate` for len(seeds) samples stepped as one batch, sample i drawn with seeds[i]."""
+    logits, streams = open_streams(net, vocab, prime, len(seeds))
+    return draw_streams(logits, streams, vocab, cfg, seeds, emit)

@@ -18,7 +18,7 @@ from charrnn.config import SampleConfig
 from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError
 from charrnn.models.charrnn import CharRNN
-from charrnn.sample.draw import draw_text, sampling_context
+from charrnn.sample.draw import draw_streams, draw_text, sampling_context
 from charrnn.sample.fast_step import ModelStepper, Stepper, build_stepper
 
 
@@ -52,6 +52,54 @@ def generate(
         return out.float().cpu().numpy()
 
     return draw_text(logits.float().cpu().numpy(), step, vocab, cfg, emit)
+
+
+class TorchStreams:
+    """B streams of a stepper (charrnn.sample.draw.Streams): the state, a tuple of (L, B, H)
+    tensors, stepped as one batch; ids and logits cross as NumPy arrays."""
+
+    def __init__(self, stepper: Stepper, state: tuple[torch.Tensor, ...], device: torch.device) -> None:
+        self.stepper = stepper
+        self.state = state
+        self.device = device
+
+    @torch.inference_mode()
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        logits, self.state = self.stepper.step(torch.from_numpy(ids.astype(np.int64)).to(self.device), self.state)
+        return logits.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def keep(self, rows: np.ndarray) -> None:
+        index = torch.from_numpy(rows.astype(np.int64)).to(self.device)
+        self.state = tuple(s.index_select(1, index) for s in self.state)
+
+
+@torch.inference_mode()
+def open_streams(
+    model: CharRNN, vocab: Vocab, prime: str, n: int, stepper: Stepper | None = None
+) -> tuple[np.ndarray, TorchStreams]:
+    """`n` streams that have read `prime` (read once, then copied): their logits (n, V) and streams."""
+    ids = vocab.encode(sampling_context(prime, vocab))
+    stepper = stepper or ModelStepper(model)
+    device = model.head.weight.device
+    logits, state = stepper.prefill(torch.tensor([ids], device=device), model.init_state(1, device))
+    streams = TorchStreams(stepper, state, device)
+    streams.keep(np.zeros(n, np.int64))
+    return np.repeat(logits.float().cpu().numpy(), n, 0), streams
+
+
+def generate_many(
+    model: CharRNN,
+    vocab: Vocab,
+    prime: str,
+    cfg: SampleConfig,
+    seeds: list[int | None],
+    emit: Callable[[int, str], None],
+    stepper: Stepper | None = None,
+) -> list[str]:
+    """As `generate` for len(seeds) samples stepped as one batch, sample i drawn with seeds[i]."""
+    logits, streams = open_streams(model, vocab, prime, len(seeds), stepper)
+    return draw_streams(logits, streams, vocab, cfg, seeds, emit)
 
 
 @torch.inference_mode()

@@ -359,6 +359,9 @@ class Trainer:
         next_eval = self._next_eval_mark()
         window_loss = torch.zeros((), device=self.device)
         window_steps, window_start, bad_in_row = 0, time.perf_counter(), 0
+        # Gradient health: the norm before clipping of the last good step, and how many of the
+        # window's steps the clip scaled down (summed over train events: the exact fraction).
+        window_clipped, last_norm = 0, math.nan
         status, reason = "done", ""
         clock = time.perf_counter()
         while not (reason := self._finished(eval_cost)):
@@ -385,7 +388,8 @@ class Trainer:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             else:
                 grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-            if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):
+            norm = grad_norm.item()
+            if not (math.isfinite(loss.item()) and math.isfinite(norm)):
                 # Never let a non-finite step reach the weights; keep the previous state.
                 self.skipped += 1
                 bad_in_row += 1
@@ -402,6 +406,8 @@ class Trainer:
                 self.state = detach_state(new_state, torch.float32)  # autocast returns bf16 states
                 window_loss += loss.detach()
                 window_steps += 1
+                window_clipped += int(0 < cfg.grad_clip < norm)
+                last_norm = norm
             self.step += 1
             self.cursor += 1
             now = time.perf_counter()
@@ -420,10 +426,13 @@ class Trainer:
                         "lr": lr,
                         "chars_per_s": rate,
                         "progress": self.progress(),
+                        "grad_norm": last_norm,  # of the last good step, before clipping
+                        "clipped": window_clipped,  # steps since the last train event the clip scaled
+                        "grad_steps": window_steps,  # good steps since the last train event
                     }
                 )
                 window_loss.zero_()
-                window_steps, window_start = 0, time.perf_counter()
+                window_steps, window_start, window_clipped = 0, time.perf_counter(), 0
             if self._due(next_eval):
                 t0 = time.perf_counter()
                 self._validate()

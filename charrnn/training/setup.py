@@ -79,6 +79,7 @@ def train_run(
     *,
     name: str | None = None,
     resume: str | None = None,
+    init_from: str | None = None,
     preset: Preset | None = None,
     auto: bool = True,
     runs_dir: str | Path = "checkpoints",
@@ -90,6 +91,7 @@ def train_run(
     task_chars: int = 1_000_000,
     nesting: int = 1,
     curriculum: str = "plain",
+    max_vocab: int | None = None,
     on_event: Callable[[Event], None] | None = None,
     on_note: Note | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -101,7 +103,12 @@ def train_run(
 
     `settings`: ModelConfig and TrainConfig fields (time_budget also as "90s", "10m").
     `auto`: plan the open settings from the budget, a speed probe and the corpus size.
+    `max_vocab`: keep the corpus's N most frequent characters, the others become one unknown
+    symbol (charrnn.data.vocab.capped_vocab); `split="90/5/5"` (a TrainConfig field) holds out
+    the last 5% as a test part that training never reads (`split_tokens` gives it back).
     `spent`: seconds the caller already waited (counted against a new run's time budget).
+    `init_from`: fine-tune: a new run starting from this run's (name, folder or .pt file)
+    weights and architecture, its vocabulary extended (charrnn.training.finetune).
     `dist`: charrnn.training.distributed.Dist of this rank (default: one process).
     Raises CharRNNError; `Aborted` when a second stop request ends training at once.
     """
@@ -130,6 +137,8 @@ def train_run(
         check_tensorboard()  # before any work: the missing extra is one error line
     if encoding != "utf-8":
         given["encoding"] = encoding  # refused on resume like any other setting of the run
+    if max_vocab is not None:
+        given["max_vocab"] = max_vocab  # the same: the checkpoint's vocabulary keeps it
     check_precision(runtime.get("precision", "fp32"), dist.pick_device(runtime.get("device", "auto")))
     # Rank 0 downloads and encodes the corpus first; the other ranks then map its cache.
     resolve, prepare = dist.main_first(resolve_sources), dist.main_first(prepare_corpus)
@@ -139,6 +148,10 @@ def train_run(
     if resume is not None:
         if name is not None:
             raise CharRNNError("give either --resume RUN or --name NAME, not both.")
+        if init_from is not None:
+            raise CharRNNError(
+                "give either --resume RUN or --init-from RUN, not both: a resumed run keeps its weights."
+            )
         if given:
             raise CharRNNError(
                 f"--resume keeps the run's settings; drop {', '.join('--' + k.replace('_', '-') for k in given)} "
@@ -168,6 +181,21 @@ def train_run(
     corpus = sources[0] if len(sources) == 1 else sources[0].rstrip("/*") or "corpus"  # names the run
     given.pop("encoding", None)
     task = corpus if corpus.startswith("task:") else None
+    cap = given.pop("max_vocab", 0)
+    if max_vocab is not None and (isinstance(max_vocab, bool) or not isinstance(max_vocab, int) or max_vocab < 1):
+        raise CharRNNError(f"--max-vocab must be a positive number of characters, not {max_vocab}.")
+    if cap and task:
+        raise CharRNNError(f"--max-vocab applies to text corpora: {task} has its own fixed alphabet.")
+    if given.get("split"):  # the CLI's val_frac is a fraction of the corpus; the config's of the text before the test
+        from charrnn.config import split_val_frac
+
+        given["val_frac"] = split_val_frac(given["split"], given.get("val_frac"))
+    parent: Any = None
+    if init_from is not None:  # read before the new run's folder exists: a bad RUN leaves nothing behind
+        from charrnn.training import finetune
+
+        parent = finetune.load_parent(init_from, runs_dir)
+        given = finetune.take_architecture(parent, given, preset)
     run = run_paths(runs_dir, name if name is not None else dist.from_main(default_run_name, corpus.replace(":", "-")))
     with new_run(run) if dist.is_main else contextlib.nullcontext():
         if task:
@@ -175,8 +203,13 @@ def train_run(
                 task, length_min, length_max, task_chars, given.get("seed", 1337), data_dir, nesting, curriculum
             )
         else:
-            data = prepare(resolve(sources, data_dir, corpus_url), data_dir, encoding)
+            data = prepare(resolve(sources, data_dir, corpus_url), data_dir, encoding, None, cap)
         _notes(data, note)
+        if parent is not None:
+            data, added = finetune.extend_corpus(
+                parent, data, lambda files, vocab: prepare(files, data_dir, encoding, vocab)
+            )
+            note(finetune.describe_added(parent, added))
         notice = ""
         if not any(stops.values()):
             stops["time_budget"] = DEFAULT_BUDGET
@@ -185,11 +218,15 @@ def train_run(
         if auto and not task:
             planned = _plan(given, runtime, preset, data, stops, dist.pick_device(runtime.get("device", "auto")))
             given = {**given, **planned.model, **planned.train}
+            if parent is not None:  # the planner saw the parent's sizes as given: it planned only the rest
+                planned.notes.append(f"model size and kind from the parent run '{parent.name}'")
         elif preset is not None:
             raise CharRNNError("--preset needs the planner: drop --no-auto (or give the sizes as flags).")
         mcfg = ModelConfig(vocab_size=len(data.vocab), **{k: v for k, v in given.items() if k in MODEL_FIELDS})
         tcfg = TrainConfig(**{k: v for k, v in given.items() if k in TRAIN_FIELDS}, **stops, **runtime)
         info = _corpus_info(data, task, sources)
+        if parent is not None:
+            info["parent"] = finetune.parent_record(parent, added)
         if planned is not None:
             info["plan"] = planned.summary()
             note(describe_plan(planned, mcfg, tcfg))
@@ -203,6 +240,7 @@ def train_run(
             planned.eval_estimate if planned is not None else 0.0,
             info.get("plan"),
             notice,
+            finetune.transplant(parent, mcfg, tcfg.seed) if parent is not None else None,
         )
 
 
@@ -254,7 +292,8 @@ def _resume(
     if not source or not isinstance(source, (str, list, tuple)):
         raise CharRNNError("the run does not record its corpus: pass the corpus file.")
     enc = ckpt.corpus.get("encoding", "utf-8")
-    fixed = ckpt.vocab if ckpt.corpus.get("task") else None
+    # A task's alphabet and a fine-tuned run's extended vocabulary are not the corpus's own.
+    fixed = ckpt.vocab if ckpt.corpus.get("task") or ckpt.corpus.get("parent") else None
     from charrnn.data.corpus import changed_files, file_list
 
     files = resolve(source, data_dir, corpus_url)
@@ -264,7 +303,7 @@ def _resume(
             raise CharRNNError(
                 f"the corpus of run '{run.dir.name}' changed ({changed}): restore its files or start a new run."
             )
-    data = prepare(files, data_dir, enc if isinstance(enc, str) else "utf-8", fixed)
+    data = prepare(files, data_dir, enc if isinstance(enc, str) else "utf-8", fixed, ckpt.vocab.max_vocab)
     _notes(data, note)
     if data.sha256 != ckpt.corpus.get("sha256"):
         raise CharRNNError(
@@ -279,7 +318,8 @@ def _resume(
         tcfg,
         data,
         run,
-        _corpus_info(data, task if isinstance(task, str) else None, source if isinstance(source, list) else None),
+        _corpus_info(data, task if isinstance(task, str) else None, source if isinstance(source, list) else None)
+        | ({"parent": ckpt.corpus["parent"]} if "parent" in ckpt.corpus else {}),
         ckpt,
         0.0,
         None,
@@ -308,6 +348,7 @@ class _Session:
         eval_estimate: float,
         plan: dict[str, Any] | None,
         notice: str = "",
+        init_weights: dict[str, Any] | None = None,
     ) -> RunResult:
         from charrnn.training.distributed import is_peer_failure, peer_failure_message
         from charrnn.training.loop import Trainer
@@ -319,10 +360,13 @@ class _Session:
             if self.on_event is not None:
                 self.on_event(event)
 
+        from charrnn.data.corpus import hold_out
+
+        # The test part (--split) is cut off here: the trainer never holds it.
         trainer = Trainer(
             mcfg,
             tcfg,
-            data,
+            dataclasses.replace(data, tokens=hold_out(data.tokens, tcfg.test_frac)[0]),
             run,
             info,
             resume=ckpt,
@@ -332,6 +376,8 @@ class _Session:
             spent=self.spent if ckpt is None else 0.0,
             eval_estimate=eval_estimate,
         )
+        if init_weights is not None:  # fine-tuning: the parent's weights, before the first checkpoint
+            trainer.model.load_state_dict(init_weights)
         if notice:  # once the settings proved trainable
             self.note(notice)
         try:
@@ -391,6 +437,8 @@ def _corpus_info(data: Any, task: str | None, sources: list[str] | None = None) 
     }
     if task:
         info["task"] = task
+    if data.vocab.max_vocab:
+        info["max_vocab"] = data.vocab.max_vocab
     if len(data.files) > 1 or (sources and len(sources) > 1):  # several files: what resume checks
         from charrnn.data.corpus import file_list
 
@@ -409,7 +457,8 @@ def _plan(
     given: dict[str, Any], runtime: dict[str, Any], preset: str | None, data: Any, stops: dict[str, float], device: Any
 ) -> Any:
     """Fill the settings the caller left open from the budget, a speed probe and the corpus."""
-    from charrnn.data.corpus import split
+    from charrnn.config import parse_split
+    from charrnn.data.corpus import hold_out, split
     from charrnn.training.plan import PRESETS, plan_run
 
     fixed = {**given, **runtime}
@@ -426,7 +475,8 @@ def _plan(
             model_nbytes_for_training(asked), f"training a {asked.num_layers}x{asked.hidden_size} {asked.model}"
         )
     TrainConfig(**{k: v for k, v in fixed.items() if k in TRAIN_FIELDS})
-    train_tokens, val_tokens = split(data.tokens, given.get("val_frac", 0.1))
+    test_frac = parse_split(given["split"])[2] / 100 if given.get("split") else 0.0
+    train_tokens, val_tokens = split(hold_out(data.tokens, test_frac)[0], given.get("val_frac", 0.1))
     budget = stops["time_budget"] if not (stops["epochs"] or stops["max_steps"]) else 0.0
     plan = plan_run(fixed, len(data.vocab), len(train_tokens), len(val_tokens), device, budget, stops["epochs"])
     for key, value in fixed.items():  # the preset's sizes come back as chosen settings
@@ -479,3 +529,40 @@ def _prepare_task(
         text = generate_task(name, length_min, length_max, chars, seed, nesting, curriculum)
         atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     return prepare_corpus(path, data_dir, "utf-8", vocab)
+
+
+def split_tokens(path: Path, part: str, data_dir: str | Path = "data", corpus: Any = None) -> Any:
+    """The ids of part "val" or "test" of the corpus the run of checkpoint `path` trained on,
+    cut as training cut it (charrnn.data.corpus.split_parts), read through the data cache
+    (`corpus` overrides the recorded files). Raises CharRNNError when the run has no such
+    part or its corpus is gone or changed."""
+    from charrnn.checkpoint import load_checkpoint
+    from charrnn.data.corpus import prepare, resolve_sources, split_parts
+
+    if part not in ("val", "test"):
+        raise CharRNNError(f"unknown --split '{part}': choose val or test.")
+    ckpt = load_checkpoint(path)
+    cfg, info = ckpt.train_config, ckpt.corpus
+    if part == "test" and not cfg.test_frac:
+        raise CharRNNError(f"run '{path.parent.name}' has no test split: train with --split 90/5/5 to hold one out.")
+    if info.get("task") or "exported_from" in info:
+        raise CharRNNError(f"'{path}' records no text corpus to split: score a text file instead.")
+    recorded = info.get("sources")
+    source = corpus if corpus is not None else recorded if isinstance(recorded, list) else info.get("path")
+    if not source or not isinstance(source, (str, list, tuple)):
+        raise CharRNNError("the run does not record its corpus: pass the corpus file.")
+    enc = info.get("encoding", "utf-8")
+    data = prepare(
+        resolve_sources(source, Path(data_dir)),
+        Path(data_dir),
+        enc if isinstance(enc, str) else "utf-8",
+        None,
+        ckpt.vocab.max_vocab,
+    )
+    if data.sha256 != info.get("sha256") or data.vocab != ckpt.vocab:
+        raise CharRNNError(
+            f"'{data.source}' is not the text run '{path.parent.name}' was trained on (content differs): "
+            "restore the corpus to score its split."
+        )
+    _, val, test = split_parts(data.tokens, cfg.val_frac, cfg.test_frac)
+    return test if part == "test" else val
