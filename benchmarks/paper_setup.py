@@ -11,7 +11,10 @@ result). The best checkpoint (by validation) is scored on the test part with
     python benchmarks/paper_setup.py                   # 4 kinds x 1,000 steps, 2x128 lstm size
     python benchmarks/paper_setup.py --quick           # 60 steps each: shows that it runs
 
-Prints a markdown table and writes benchmarks/results/paper-setup-<date>.json.
+Prints a markdown table and writes benchmarks/results/paper-setup-<date>.json. On a machine
+shared with other jobs, run it with OMP_NUM_THREADS=1: two torch threads on two busy cores
+stalled for tens of seconds at a time (2026-12-05: 180 steps in 197 s with 2 threads, 1,000
+in 49 s with one).
 """
 
 from __future__ import annotations

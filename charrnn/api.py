@@ -157,7 +157,7 @@ class Model:
         """Mean cross-entropy in nats per character of part "test" (held out by
         `train(..., split="90/5/5")`) or "val" of the run's own corpus, read through the data
         cache in `data_dir`: what `charrnn eval RUN --split test` reports."""
-        from charrnn.training.setup import split_tokens
+        from charrnn.training.splits import split_tokens
 
         tokens = split_tokens(self.path, part, data_dir)
         if self._scorer is None:

@@ -92,6 +92,9 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except CharRNNError as exc:
             fail(str(exc))
+        except BrokenPipeError:  # `| head` closed the pipe: the reader has what it wanted
+            _quiet_stdout()
+            raise typer.Exit(0) from None
         except OSError as exc:  # a user's path refused: no space, read-only, not a folder...
             from charrnn.files import os_error
 
@@ -100,6 +103,15 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             fail("out of memory: use a smaller model (--hidden, --layers) or --batch-size, or close other programs.")
 
     return wrapper
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not fail on the closed pipe."""
+    import os
+    import sys
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def fmt_loss(x: float) -> str:

@@ -63,7 +63,7 @@ def evaluate_cmd(
     if (file is None) == (split is None):
         raise CharRNNError("give a FILE to score or --split val|test (the run's own corpus), one of them.")
     if file is None:
-        from charrnn.training.setup import split_tokens
+        from charrnn.training.splits import split_tokens
 
         part = split_tokens(path, split, data_dir)  # before the model loads: a run without the part fails fast
         file = f"{split} split"

@@ -14,8 +14,8 @@ Settings are passed by config field name (`hidden_size=64`, `max_steps=30`, `tim
 None leaves a setting open for the planner or the config default. Nothing here prints: notes
 (a rebuilt cache, the plan) go to `on_note`, progress to `on_event` (charrnn.training.loop).
 
-The file stays whole (about 350 lines): the new-run and resume paths share their checks and
-the training session, and are meant to be read side by side.
+The file stays whole (about 530 lines): the new-run and resume paths (fine-tuning's start
+included) share their checks and the training session, and are meant to be read side by side.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def train_run(
     `auto`: plan the open settings from the budget, a speed probe and the corpus size.
     `max_vocab`: keep the corpus's N most frequent characters, the others become one unknown
     symbol (charrnn.data.vocab.capped_vocab); `split="90/5/5"` (a TrainConfig field) holds out
-    the last 5% as a test part that training never reads (`split_tokens` gives it back).
+    the last 5% as a test part that training never reads (`charrnn.training.splits.split_tokens` gives it back).
     `spent`: seconds the caller already waited (counted against a new run's time budget).
     `init_from`: fine-tune: a new run starting from this run's (name, folder or .pt file)
     weights and architecture, its vocabulary extended (charrnn.training.finetune).
@@ -529,40 +529,3 @@ def _prepare_task(
         text = generate_task(name, length_min, length_max, chars, seed, nesting, curriculum)
         atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     return prepare_corpus(path, data_dir, "utf-8", vocab)
-
-
-def split_tokens(path: Path, part: str, data_dir: str | Path = "data", corpus: Any = None) -> Any:
-    """The ids of part "val" or "test" of the corpus the run of checkpoint `path` trained on,
-    cut as training cut it (charrnn.data.corpus.split_parts), read through the data cache
-    (`corpus` overrides the recorded files). Raises CharRNNError when the run has no such
-    part or its corpus is gone or changed."""
-    from charrnn.checkpoint import load_checkpoint
-    from charrnn.data.corpus import prepare, resolve_sources, split_parts
-
-    if part not in ("val", "test"):
-        raise CharRNNError(f"unknown --split '{part}': choose val or test.")
-    ckpt = load_checkpoint(path)
-    cfg, info = ckpt.train_config, ckpt.corpus
-    if part == "test" and not cfg.test_frac:
-        raise CharRNNError(f"run '{path.parent.name}' has no test split: train with --split 90/5/5 to hold one out.")
-    if info.get("task") or "exported_from" in info:
-        raise CharRNNError(f"'{path}' records no text corpus to split: score a text file instead.")
-    recorded = info.get("sources")
-    source = corpus if corpus is not None else recorded if isinstance(recorded, list) else info.get("path")
-    if not source or not isinstance(source, (str, list, tuple)):
-        raise CharRNNError("the run does not record its corpus: pass the corpus file.")
-    enc = info.get("encoding", "utf-8")
-    data = prepare(
-        resolve_sources(source, Path(data_dir)),
-        Path(data_dir),
-        enc if isinstance(enc, str) else "utf-8",
-        None,
-        ckpt.vocab.max_vocab,
-    )
-    if data.sha256 != info.get("sha256") or data.vocab != ckpt.vocab:
-        raise CharRNNError(
-            f"'{data.source}' is not the text run '{path.parent.name}' was trained on (content differs): "
-            "restore the corpus to score its split."
-        )
-    _, val, test = split_parts(data.tokens, cfg.val_frac, cfg.test_frac)
-    return test if part == "test" else val
