@@ -7,7 +7,9 @@ cut into --batch-size parallel streams of 256-step chunks as the commands cut it
     forward   the model's own inference forward (embedding -> fused nn.LSTM layers -> head)
               over the same chunks under torch.inference_mode: the baseline
     cells     charrnn.neurons.reports.scan_cells, --feature inside-quotes, every kind
-              (what `charrnn cells RUN FILE` runs, feature computed included)
+              (what `charrnn cells RUN FILE` runs, feature computed included), in --precision
+              (auto, as the commands: int8 or bf16 products where the CPU has them)
+    cells-fp32, cells-bf16, cells-int8   the same in each precision
     cells-cell  the same with --kind cell
     inspect   inspect_units with --layer/--unit given: one pass, one unit recorded
     inspect-top  inspect_units choosing the most varying unit: two passes on a long text
@@ -41,6 +43,7 @@ from charrnn.data.vocab import build_vocab
 from charrnn.models.charrnn import CharRNN
 from charrnn.neurons.activations import encode_text, plan_streams
 from charrnn.neurons.features import FEATURES, compute_feature
+from charrnn.neurons.precision import resolve_precision
 from charrnn.neurons.reports import count_gates, inspect_units, scan_cells
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -129,6 +132,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--methods", default="forward,cells,cells-cell,inspect,inspect-top,gates,old-cells")
+    parser.add_argument("--precision", default="auto", help="of cells, cells-cell, inspect*, gates (as --precision)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -142,13 +146,17 @@ def main() -> None:
     ckpt = Checkpoint(cfg, TrainConfig(), vocab, model.state_dict())
     _, ids = encode_text(text, vocab)
     B = args.batch_size
+    p = resolve_precision(model, args.precision)
     methods: dict[str, Callable[[], object]] = {
         "forward": lambda: forward(model, ids, plan_streams(len(ids), B)),
-        "cells": lambda: scan_cells(ckpt, model, text, batch_size=B),
-        "cells-cell": lambda: scan_cells(ckpt, model, text, kind="cell", batch_size=B),
-        "inspect": lambda: inspect_units(ckpt, model, text, layer=1, unit=0, batch_size=B),
-        "inspect-top": lambda: inspect_units(ckpt, model, text, batch_size=B),
-        "gates": lambda: count_gates(ckpt, model, text, batch_size=B),
+        "cells": lambda: scan_cells(ckpt, model, text, batch_size=B, precision=p),
+        "cells-cell": lambda: scan_cells(ckpt, model, text, kind="cell", batch_size=B, precision=p),
+        "inspect": lambda: inspect_units(ckpt, model, text, layer=1, unit=0, batch_size=B, precision=p),
+        "inspect-top": lambda: inspect_units(ckpt, model, text, batch_size=B, precision=p),
+        "gates": lambda: count_gates(ckpt, model, text, batch_size=B, precision=p),
+        "cells-fp32": lambda: scan_cells(ckpt, model, text, batch_size=B, precision="fp32"),
+        "cells-bf16": lambda: scan_cells(ckpt, model, text, batch_size=B, precision="bf16"),
+        "cells-int8": lambda: scan_cells(ckpt, model, text, batch_size=B, precision="int8"),
         "old-cells": lambda: old_cells(model, ids, compute_feature(text, "inside-quotes"), plan_streams(len(ids), B)),
     }
     chosen = [m for m in args.methods.split(",") if m in methods]
@@ -172,7 +180,7 @@ def main() -> None:
         )
         rows[m] = {"seconds": s, "chars_per_s": n / s, "vs_forward": ratio}
     print(f"\n{n} characters, lstm {args.num_layers}x{args.hidden_size}, {plan_streams(n, B)} streams, "
-          f"{torch.get_num_threads()} threads; all six features: {feature_s:.1f} s")  # fmt: skip
+          f"{torch.get_num_threads()} threads, precision {p}; all six features: {feature_s:.1f} s")  # fmt: skip
     print(f"{'method':<12} {'seconds':>8} {'chars/s':>9} {'vs forward':>10}")
     for m, row in rows.items():
         ratio = f"{row['vs_forward']:.2f}" if row["vs_forward"] is not None else "-"

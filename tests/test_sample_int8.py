@@ -1,6 +1,9 @@
 """int8 weights on the NumPy engine: exact integer kernels, the fused layers, the CLI option."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +11,7 @@ import pytest
 from helpers import saved_model
 
 from charrnn.cli import app
+from charrnn.errors import CharRNNError
 from charrnn.sample import numpy_engine as npsample
 from charrnn.sample import numpy_int8 as npint8
 from charrnn.sample import numpy_net
@@ -15,24 +19,86 @@ from charrnn.sample import numpy_net
 pytestmark = pytest.mark.skipif(not npint8.available(), reason="numba is not installed")
 
 
-@pytest.mark.parametrize("rows,cols,streams", [(7, 100, 1), (64, 128, 5), (33, 300, 4)])
+def _dot_products(path: str, xu: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(each stream alone, the last four together) through one path's row loops: (B, N), (4, N)."""
+    rows1, rows4 = getattr(npint8, f"_dot_rows_{path}"), getattr(npint8, f"_dot_rows4_{path}")
+    alone = np.zeros((len(xu), len(q)), np.int32)
+    for b in range(len(xu)):
+        acc = np.zeros((4, len(q)), np.int32)
+        rows1(xu, b, q, 0, len(q), acc)
+        alone[b] = acc[0]
+    four = np.zeros((4, len(q)), np.int32)
+    if len(xu) >= 4:
+        rows4(xu, len(xu) - 4, q, 0, len(q), four)
+    return alone, four
+
+
+SHAPES = [(7, 100, 1), (64, 128, 5), (33, 300, 4), (40, 1024, 9)]
+
+
+@pytest.mark.parametrize("rows,cols,streams", SHAPES)
 def test_integer_dot_products_are_exact_on_every_kernel(rows: int, cols: int, streams: int) -> None:
-    """The AVX2 loops (where the CPU has them; one stream or four at a time) and the plain
-    loops give the true integer sums."""
+    """Each path the CPU has (one stream or four at a time), and the path the layers call,
+    gives the true integer sums."""
     rng = np.random.default_rng(rows)
     dense = npint8.Int8Dense(rng.standard_normal((rows, cols)).astype(np.float32))
     xu = rng.integers(1, 128, (streams, dense.q.shape[1])).astype(np.uint8)
     want = xu.astype(np.int64) @ dense.q.astype(np.int64).T
-    plain = npint8._jit(npint8._dot_rows_plain)
-    for kernel in {npint8._dot_rows, plain}:
-        for b in range(streams):
-            acc = np.zeros((4, rows), np.int32)
-            kernel(xu, b, dense.q, 0, rows, acc)
-            np.testing.assert_array_equal(acc[0], want[b])
-    if streams >= 4:
-        acc = np.zeros((4, rows), np.int32)
-        npint8._dot_rows4(xu, streams - 4, dense.q, 0, rows, acc)
-        np.testing.assert_array_equal(acc, want[streams - 4 :])
+    for path in npint8.cpu_dot_paths():
+        alone, four = _dot_products(path, xu, dense.q)
+        np.testing.assert_array_equal(alone, want, err_msg=path)
+        if streams >= 4:
+            np.testing.assert_array_equal(four, want[streams - 4 :], err_msg=path)
+    acc = np.zeros((4, rows), np.int32)
+    npint8._dot_rows(xu, 0, dense.q, 0, rows, acc)
+    np.testing.assert_array_equal(acc[0], want[0])
+
+
+@pytest.mark.skipif("vnni" not in npint8.cpu_dot_paths(), reason="this CPU has neither AVX512-VNNI nor AVX-VNNI")
+@pytest.mark.parametrize("rows,cols,streams", [*SHAPES, (3, 4000, 6)])
+def test_vnni_dot_products_equal_the_avx2_and_plain_ones(rows: int, cols: int, streams: int) -> None:
+    """Extreme bytes included (activations 1 and 127, weights -127 and 127)."""
+    rng = np.random.default_rng(cols)
+    dense = npint8.Int8Dense(rng.standard_normal((rows, cols)).astype(np.float32))
+    dense.q[0, :cols] = 127
+    xu = rng.integers(1, 128, (streams, dense.q.shape[1])).astype(np.uint8)
+    xu[0] = 127
+    vnni = _dot_products("vnni", xu, dense.q)
+    for other in ("avx2", "plain"):
+        for got, want in zip(vnni, _dot_products(other, xu, dense.q)):
+            np.testing.assert_array_equal(got, want, err_msg=other)
+
+
+def test_the_dot_path_falls_back_in_order_and_can_be_named(monkeypatch) -> None:
+    monkeypatch.setattr(npint8, "cpu_dot_paths", lambda: ("avx2", "plain"))
+    monkeypatch.delenv(npint8.DOT_PATH_ENV, raising=False)
+    assert npint8._choose_dot_path() == "avx2"
+    for wanted, chosen in [("vnni", "avx2"), ("AVX2", "avx2"), ("plain", "plain"), ("", "avx2")]:
+        monkeypatch.setenv(npint8.DOT_PATH_ENV, wanted)
+        assert npint8._choose_dot_path() == chosen
+    monkeypatch.setenv(npint8.DOT_PATH_ENV, "amx")
+    with pytest.raises(CharRNNError, match="CHARRNN_INT8_DOT='amx' is not a dot product path"):
+        npint8._choose_dot_path()
+
+
+def test_sampling_with_a_seed_writes_the_same_text_on_every_dot_path(tmp_path: Path) -> None:
+    """One process per path the CPU has (the path is chosen once per process), five streams:
+    four through the four-stream loop, one alone."""
+    _, path = saved_model(tmp_path, "lstm", 2, hidden=80)
+    args = ["sample", str(path), "-n", "120", "--seed", "4", "--num-samples", "5", "--weights", "int8"]
+    # `python -m charrnn`, saying first on stderr which path the process took.
+    cli = "import sys; from charrnn.sample import numpy_int8; print(numpy_int8.DOT_PATH, file=sys.stderr)"
+    cli += "; from charrnn.cli import main; main()"
+    texts = {}
+    for dot in npint8.cpu_dot_paths():
+        env = {**os.environ, npint8.DOT_PATH_ENV: dot, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(
+            [sys.executable, "-c", cli, *args, "--engine", "numpy"], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.split() == [dot]
+        texts[dot] = done.stdout
+    assert len(set(texts.values())) == 1 and len(texts["plain"]) > 5 * 120, texts
 
 
 def test_int8_product_is_within_quantization_error() -> None:

@@ -253,7 +253,7 @@ def test_unknown_weight_mode_is_an_error() -> None:
 
 
 def test_int8_without_a_quantized_engine_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(step_base, "_int8_engine", lambda: None)
+    monkeypatch.setattr(step_base, "int8_engine", lambda: None)
     assert available_weight_modes("cpu") == ["fp32", "bf16"]
     with pytest.raises(CharRNNError, match="use fp32 or bf16"):
         build_stepper(make_model("gru", 1), "int8")

@@ -99,14 +99,20 @@ def plan_streams(n: int, batch_size: int, min_chars: int = MIN_STREAM_CHARS) -> 
 
 
 def iter_chunks(
-    model: CharRNN, ids: np.ndarray, chunk_len: int = 256, streams: int = 1, kinds: Collection[str] | None = None
+    model: CharRNN,
+    ids: np.ndarray,
+    chunk_len: int = 256,
+    streams: int = 1,
+    kinds: Collection[str] | None = None,
+    precision: str = "fp32",
 ) -> Iterator[Chunk]:
     """Run ids (N,) through the model in chunks of chunk_len steps, state carried.
 
     With streams B > 1 the text is cut into B consecutive segments run side by
     side (each from a zero state), which is faster for long files; positions
     then arrive in segment order, each exactly once. `kinds` limits the chunks'
-    activations to those kinds (all by default): fewer kinds, less work.
+    activations to those kinds (all by default): fewer kinds, less work. `precision` is that
+    of the products of wide LSTM layers (charrnn.neurons.precision; resolve "auto" first).
     """
     n = len(ids)
     B = max(1, min(streams, n))
@@ -118,7 +124,7 @@ def iter_chunks(
     threads = torch.get_num_threads()
     torch.set_num_threads(step_threads(B, model.cfg.hidden_size, threads))
     try:
-        yield from _chunks(model, tokens, positions, n, chunk_len, kinds)
+        yield from _chunks(model, tokens, positions, n, chunk_len, kinds, precision)
     finally:
         torch.set_num_threads(threads)
 
@@ -139,13 +145,14 @@ def _chunks(
     n: int,
     chunk_len: int,
     kinds: Collection[str] | None,
+    precision: str,
 ) -> Iterator[Chunk]:
     B, seg = tokens.shape
     with torch.inference_mode():
         state = model.init_state(B)
         for start in range(0, seg, chunk_len):
             x = tokens[:, start : start + chunk_len]  # (B, T)
-            out, state, acts = stack_activations(model.stack, model.embed(x), state, kinds)
+            out, state, acts = stack_activations(model.stack, model.embed(x), state, kinds, precision)
             logits = model.head(out).reshape(-1, model.head.out_features)  # (B*T, V)
             pos = positions[:, start : start + chunk_len].reshape(-1)
             flat = {k: v.reshape(v.shape[0], -1, v.shape[-1]).numpy() for k, v in acts.items()}  # (L, B*T, U)
@@ -174,12 +181,14 @@ def run_text(
     chunk_len: int = 256,
     streams: int = 1,
     progress: Callable[[int], None] | None = None,
+    precision: str = "fp32",
 ) -> None:
     """Feed every chunk of ids to each consumer; progress(characters done) after each chunk.
 
-    Only the kinds the consumers need are computed (see needed_kinds).
+    Only the kinds the consumers need are computed (see needed_kinds), in `precision`
+    (fp32, bf16 or int8; see iter_chunks).
     """
-    for chunk in iter_chunks(model, ids, chunk_len, streams, needed_kinds(consumers)):
+    for chunk in iter_chunks(model, ids, chunk_len, streams, needed_kinds(consumers), precision):
         for consumer in consumers:
             consumer.add(chunk)
         if progress is not None:

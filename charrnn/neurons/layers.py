@@ -18,12 +18,7 @@ from torch import Tensor, nn
 
 from charrnn.errors import CharRNNError
 from charrnn.models.charrnn import FusedStack
-
-# LSTM layers this wide or wider report gates and cells from a step loop (one matmul per step);
-# narrower ones from the fused kernel plus one batched recomputation of the gates, where the
-# per-step overhead of a loop costs more than the second matmul (measured with
-# benchmarks/bench_inspect.py --hidden-size 64 and 512; figures in its results).
-STEP_MIN_HIDDEN = 256
+from charrnn.neurons.precision import STEP_MIN_HIDDEN, Product
 
 Acts = dict[str, Tensor]  # kind -> (L, B, T, U)
 State = tuple[Tensor, ...]
@@ -34,7 +29,7 @@ def _want(names: tuple[str, ...], kinds: Collection[str] | None) -> set[str]:
 
 
 def fused_layer_activations(
-    layer: nn.Module, x: Tensor, state: State, kinds: Collection[str] | None = None
+    layer: nn.Module, x: Tensor, state: State, kinds: Collection[str] | None = None, precision: str = "fp32"
 ) -> tuple[Tensor, State, dict[str, Tensor]]:
     """Run one single-layer batch-first nn.LSTM / nn.GRU / nn.RNN and report its activations.
 
@@ -45,7 +40,8 @@ def fused_layer_activations(
     depend only on x_t and h_{t-1}, so they are recomputed for the whole chunk in one batched
     matmul from the kernel's outputs, and LSTM cells follow c_t = f_t c_{t-1} + i_t g_t, one
     multiply-add per step. LSTM layers of STEP_MIN_HIDDEN units or more use
-    lstm_layer_activations instead, a lean step loop that does the matmul once.
+    lstm_layer_activations instead, a lean step loop that does the matmul once, in `precision`
+    (fp32, bf16 or int8: charrnn.neurons.precision); every other layer runs in fp32.
     """
     names: tuple[str, ...]
     if isinstance(layer, nn.LSTM):
@@ -57,8 +53,9 @@ def fused_layer_activations(
     else:
         raise CharRNNError(f"cannot read activations of a {type(layer).__name__} layer.")
     want = _want(names, kinds)
-    if isinstance(layer, nn.LSTM) and want - {"hidden"} and layer.hidden_size >= STEP_MIN_HIDDEN:
-        out, new_state, every = lstm_layer_activations(layer, x, state)
+    stepped = bool(want - {"hidden"}) or precision != "fp32"  # hidden alone in fp32: the fused kernel
+    if isinstance(layer, nn.LSTM) and stepped and layer.hidden_size >= STEP_MIN_HIDDEN:
+        out, new_state, every = lstm_layer_activations(layer, x, state, precision)
         return out, new_state, {k: every[k] for k in names if k in want}
     h0 = state[0]
     if isinstance(layer, nn.LSTM):
@@ -94,7 +91,9 @@ def fused_layer_activations(
     return out, new_state, {k: acts[k] for k in names if k in want}
 
 
-def lstm_layer_activations(layer: nn.LSTM, x: Tensor, state: State) -> tuple[Tensor, State, dict[str, Tensor]]:
+def lstm_layer_activations(
+    layer: nn.LSTM, x: Tensor, state: State, precision: str = "fp32"
+) -> tuple[Tensor, State, dict[str, Tensor]]:
     """Step one single-layer batch-first nn.LSTM, keeping its gates and cells.
 
     x (B, T, In); state (h, c), each (B, H). Returns out (B, T, H), the new state and
@@ -103,23 +102,19 @@ def lstm_layer_activations(layer: nn.LSTM, x: Tensor, state: State) -> tuple[Ten
     candidate rows are scaled by 2 so that one sigmoid serves all four blocks, since
     tanh(z) = 2 sigmoid(2z) - 1; tanh(c) is computed the same way (torch's tanh takes about
     four times a sigmoid on these small tensors). Faster than the fused kernel plus a
-    recomputation of the gates from its outputs for wide layers (see STEP_MIN_HIDDEN).
+    recomputation of the gates from its outputs for wide layers (see STEP_MIN_HIDDEN). The
+    products run in `precision` (fp32, bf16, int8; charrnn.neurons.precision.Product).
     """
     H = layer.hidden_size
-    scale = torch.ones(4 * H, dtype=x.dtype, device=x.device)
-    scale[2 * H : 3 * H] = 2.0
-    w_ih = cast(Tensor, layer.weight_ih_l0) * scale[:, None]
-    w_hh_t = (cast(Tensor, layer.weight_hh_l0) * scale[:, None]).t()
-    bias = None
-    if layer.bias:
-        bias = (cast(Tensor, layer.bias_ih_l0) + cast(Tensor, layer.bias_hh_l0)) * scale
+    w_ih, w_hh = _products(layer, precision)
     B, T, _ = x.shape
-    gates = nn.functional.linear(x, w_ih, bias).transpose(0, 1).contiguous()  # (T, B, 4H): i f g o
+    # Time-major from the start: free when x is the previous layer's output (a transposed view).
+    gates = w_ih(x.transpose(0, 1).reshape(T * B, -1)).view(T, B, 4 * H)  # i f g o
     cells, hidden = x.new_empty(T, B, H), x.new_empty(T, B, H)
     ig, tanh_c = x.new_empty(B, H), x.new_empty(B, H)
     h, c = state
     for t in range(T):
-        z = torch.addmm(gates[t], h, w_hh_t, out=gates[t])
+        z = w_hh.accumulate(gates[t], h)
         z.sigmoid_()
         g = z[:, 2 * H : 3 * H].mul_(2.0).sub_(1.0)  # tanh of the candidate
         torch.mul(z[:, :H], g, out=ig)
@@ -131,13 +126,36 @@ def lstm_layer_activations(layer: nn.LSTM, x: Tensor, state: State) -> tuple[Ten
     return acts["hidden"], (h.clone(), c.clone()), acts
 
 
+def _products(layer: nn.LSTM, precision: str) -> tuple[Product, Product]:
+    """The layer's input and recurrent products for lstm_layer_activations, candidate rows
+    scaled by 2, biases summed; made once per layer, precision and weight version (packing
+    int8 weights takes longer than a chunk's steps of a small batch)."""
+    params = [cast(Tensor, p) for p in layer.parameters()]
+    key = (precision, tuple((p.data_ptr(), p._version) for p in params))
+    cached = getattr(layer, "_charrnn_products", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    H = layer.hidden_size
+    w_ih, w_hh = cast(Tensor, layer.weight_ih_l0), cast(Tensor, layer.weight_hh_l0)
+    scale = torch.ones(4 * H, dtype=w_ih.dtype, device=w_ih.device)
+    scale[2 * H : 3 * H] = 2.0
+    bias = None
+    if layer.bias:
+        bias = (cast(Tensor, layer.bias_ih_l0) + cast(Tensor, layer.bias_hh_l0)) * scale
+    with torch.no_grad():
+        products = (Product(w_ih * scale[:, None], bias, precision), Product(w_hh * scale[:, None], None, precision))
+    object.__setattr__(layer, "_charrnn_products", (key, products))
+    return products
+
+
 def stack_activations(
-    stack: nn.Module, x: Tensor, state: State, kinds: Collection[str] | None = None
+    stack: nn.Module, x: Tensor, state: State, kinds: Collection[str] | None = None, precision: str = "fp32"
 ) -> tuple[Tensor, State, Acts]:
     """The stack's forward that also reports activations.
 
     x (B, T, E); state tuple of (L, B, H). Returns out (B, T, H), the new state
-    and {kind: (L, B, T, U)} for the kinds asked for (all by default). Raises
+    and {kind: (L, B, T, U)} for the kinds asked for (all by default); `precision` is that of
+    wide LSTM layers (charrnn.neurons.precision.resolve_precision gives it). Raises
     CharRNNError for a stack that cannot report them.
     """
     reporting = getattr(stack, "forward_with_activations", None)
@@ -151,7 +169,7 @@ def stack_activations(
     for i, layer in enumerate(stack.layers):
         if i > 0:
             x = stack.drop(x)
-        x, layer_state, acts = fused_layer_activations(layer, x, tuple(s[i] for s in state), kinds)
+        x, layer_state, acts = fused_layer_activations(layer, x, tuple(s[i] for s in state), kinds, precision)
         for part, s in zip(new, layer_state):
             part.append(s)
         per_layer.append(acts)

@@ -36,6 +36,7 @@ from charrnn.neurons.activations import (
     run_text,
     write_npz,
 )
+from charrnn.neurons.precision import resolve_precision
 from charrnn.neurons.unitstats import GateCounts, UnitRecorder, UnitScan, UnitScore, rank_units, summarise_gates
 
 if TYPE_CHECKING:
@@ -110,14 +111,19 @@ def _run(
     progress: Progress | None,
     streams: int | None = None,
     total: int | None = None,
+    precision: str = "fp32",
 ) -> None:
-    """One pass over ids; progress(step, total) with total the characters of all passes."""
+    """One pass over ids; progress(step, total) with total the characters of all passes.
+
+    `precision`: fp32, bf16, int8 or auto (charrnn.neurons.precision.resolve_precision).
+    """
     n = len(ids)
     total = n if total is None else total
     run_text(
         model, ids, consumers,
         streams=plan_streams(n, batch_size) if streams is None else streams,
         progress=None if progress is None else lambda step: progress(step, total),
+        precision=resolve_precision(model, precision),
     )  # fmt: skip
 
 
@@ -150,6 +156,7 @@ def inspect_units(
     batch_size: int = 16,
     export: Path | None = None,
     progress: Progress | None = None,
+    precision: str = "fp32",
 ) -> InspectReport:
     """One unit's activation over `raw` (by default the last layer's most varying unit), or the
     `top_units` most varying units (of every layer unless `layer` names one).
@@ -178,7 +185,7 @@ def inspect_units(
         if unit is not None and not top_units:
             units = [(num_layers - 1 if layer is None else layer, unit)]
             chosen = UnitRecorder(kind, units, n)
-            _run(model, ids, consumers + [chosen], batch_size, progress)
+            _run(model, ids, consumers + [chosen], batch_size, progress, precision=precision)
             values = chosen.values
         else:
             scan = UnitScan({kind: width}, num_layers)  # variances only
@@ -187,7 +194,15 @@ def inspect_units(
                 kept = Recorder({kind: width}, num_layers, n)
                 consumers.append(kept)
             total = n if kept is not None else 2 * n
-            _run(model, ids, [scan] + (consumers if kept is not None else []), batch_size, progress, total=total)
+            _run(
+                model,
+                ids,
+                [scan] + (consumers if kept is not None else []),
+                batch_size,
+                progress,
+                total=total,
+                precision=precision,
+            )
             if not top_units:  # the most varying unit of the last (or the chosen) layer
                 layer = num_layers - 1 if layer is None else layer
             ranked = rank_units(scan.variances(), top_units or 1, by_abs=False, layer=layer)
@@ -196,7 +211,7 @@ def inspect_units(
                 values = np.stack([kept.values[kind][l, :, u] for l, u in units], axis=1)
             else:  # a long text: read it again for the chosen units only
                 chosen = UnitRecorder(kind, units, n)
-                _run(model, ids, consumers + [chosen], batch_size, progress, total=total)
+                _run(model, ids, consumers + [chosen], batch_size, progress, total=total, precision=precision)
                 values = chosen.values
         if full is not None and export is not None:
             write_npz(export, text, ckpt.vocab, ckpt.model_config.model, full)
@@ -239,6 +254,7 @@ def scan_cells(
     unknown: Unknown = "error",
     export: Path | None = None,
     progress: Progress | None = None,
+    precision: str = "fp32",
 ) -> CellsReport:
     """Rank the units of every layer (of `kind`, or of every kind) by Pearson r with `feature`.
 
@@ -269,7 +285,7 @@ def scan_cells(
         scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".charrnn-export-", dir=scratch) as tmp:
         full = Recorder(all_kinds, num_layers, n, directory=Path(tmp)) if export else None
-        _run(model, ids, consumers + ([full] if full is not None else []), batch_size, progress)
+        _run(model, ids, consumers + ([full] if full is not None else []), batch_size, progress, precision=precision)
         if full is not None and export is not None:
             write_npz(export, text, ckpt.vocab, ckpt.model_config.model, full)
     scores = rank_units(scan.correlations(0), top)
@@ -291,6 +307,7 @@ def count_gates(
     batch_size: int = 16,
     unknown: Unknown = "error",
     progress: Progress | None = None,
+    precision: str = "fp32",
 ) -> tuple[GateCounts, int]:
     """How often each gate unit is saturated over `raw`, and the characters read.
 
@@ -300,7 +317,7 @@ def count_gates(
     if not counts.gates:
         raise CharRNNError(f"the {ckpt.model_config.model} model has no gates: use an lstm, gru or gated kind.")
     _, ids = encode_text(raw, ckpt.vocab, unknown)
-    _run(model, ids, [counts], batch_size, progress)
+    _run(model, ids, [counts], batch_size, progress, precision=precision)
     return counts, len(ids)
 
 
@@ -335,6 +352,7 @@ def build_page(
     batch_size: int = 16,
     unknown: Unknown = "error",
     progress: Progress | None = None,
+    precision: str = "fp32",
 ) -> tuple[PageData, int]:
     """The viewer's data over `raw`: the first `max_chars` characters with every activation and
     prediction, the `top` units per feature (and the two most varying per kind), gate
@@ -355,7 +373,7 @@ def build_page(
     counts = GateCounts(kinds, num_layers)
     recorder = Recorder(kinds, num_layers, shown, top_k=predictions)
     streams = min(plan_streams(n, batch_size), max(1, n // shown))  # the shown text in one stream
-    _run(model, ids, [scan, counts, recorder], batch_size, progress, streams=streams)
+    _run(model, ids, [scan, counts, recorder], batch_size, progress, streams=streams, precision=precision)
     rankings = {
         name: rank_units(scan.correlations(i), top) for i, name in enumerate(names) if not scan.feature_is_constant(i)
     }

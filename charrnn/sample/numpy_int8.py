@@ -4,10 +4,21 @@ A one-stream sampling step reads every weight once per character, so its speed
 follows the bytes it reads and the work done per byte. `Int8Dense` keeps a
 weight matrix as int8 with one scale per output row (symmetric, as torch's
 per-channel dynamic quantization does) and computes x @ W^T with a kernel that
-numba compiles. On x86 CPUs with AVX2 the dot product is written directly as
-`vpmaddubsw` (32 unsigned-by-signed byte products summed in pairs, one
-instruction) then `vpmaddwd` against ones; elsewhere it is a plain loop that
-LLVM vectorizes as it can. Both give the same integers, so the same samples.
+numba compiles. The dot product takes one of three paths, the first of these
+the CPU has, chosen once per process and named by `DOT_PATH`:
+
+    vnni   AVX512-VNNI with AVX512VL, or AVX-VNNI: one `vpdpbusd` per 32 bytes
+           (unsigned-by-signed byte products summed in fours into int32)
+    avx2   `vpmaddubsw` (the products summed in pairs into int16) then `vpmaddwd`
+           against ones (pairs of those into int32)
+    plain  a loop that LLVM vectorizes as it can, for any CPU
+
+All three give the same integers, so the same samples. The environment variable
+CHARRNN_INT8_DOT=vnni|avx2|plain starts the choice at that path instead (tests
+and benchmarks compare paths with it); a path the CPU lacks falls back down the
+list. VNNI first: on the one CPU measured (AMD EPYC, Zen 4) it equals AVX2 at
+one stream, where the weights' bytes set the pace, and is 5-18 % faster at 64
+(benchmarks/RESULTS.md, "int8 weights on the NumPy engine").
 
 Activations are quantized per row of the input at each call: symmetric to
 -63..63, then shifted by 64 into 1..127 so that they fit the unsigned operand
@@ -27,9 +38,12 @@ are compiled together and share their constants and scratch layout.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from charrnn.config import ModelConfig
+from charrnn.errors import CharRNNError
 from charrnn.limits import int8_nonfinite_error
 from charrnn.sample.numpy_net import GATES, NumpyNet, nonfinite_arrays
 
@@ -43,7 +57,7 @@ except ImportError:  # charrnn then uses torch's int8 kernel
 # Activations become integers in -LEVELS..LEVELS, stored shifted by OFFSET as 1..127.
 LEVELS = 63
 OFFSET = 64
-# Rows are padded with zeros to a multiple of this: the AVX2 loop takes 4 x 32 bytes a turn.
+# Rows are padded with zeros to a multiple of this: the SIMD loops take 4 x 32 bytes a turn.
 _BLOCK = 128
 # Weight bytes per block of rows that meets every stream in turn (half a 32 KB L1 cache).
 _L1_BYTES = 16384
@@ -54,24 +68,55 @@ def available() -> bool:
     return numba is not None
 
 
-def _has_avx2() -> bool:
-    from llvmlite import binding
+# The dot product's paths in the order they are tried (the fastest first; see the docstring).
+DOT_PATHS = ("vnni", "avx2", "plain")
+# Names the path of DOT_PATHS to try first instead of "vnni" (tests, benchmarks).
+DOT_PATH_ENV = "CHARRNN_INT8_DOT"
 
-    return bool(binding.get_host_cpu_features().get("avx2"))
+
+def cpu_dot_paths() -> tuple[str, ...]:
+    """The paths of DOT_PATHS this CPU can run, in DOT_PATHS's order ("plain" always): those
+    its features allow, or those numba is told to compile for (NUMBA_CPU_FEATURES; none with
+    NUMBA_CPU_NAME=generic), as LLVM cannot emit an instruction the target lacks."""
+    listed = numba.config.CPU_FEATURES if numba is not None else None
+    if listed is not None:  # "+avx2,-avx512vnni,..."
+        has = {feature[1:]: feature[0] == "+" for feature in listed.split(",") if feature}
+    else:
+        try:
+            from llvmlite import binding
+
+            has = binding.get_host_cpu_features()
+        except (ImportError, RuntimeError):  # no llvmlite, or a CPU it cannot describe
+            has = {}
+    vnni = (has.get("avx512vnni") and has.get("avx512vl")) or has.get("avxvnni")
+    simd = ("vnni",) * bool(has.get("avx2") and vnni) + ("avx2",) * bool(has.get("avx2"))
+    return (*simd, "plain")
 
 
-def _jit(fn):
+def _choose_dot_path() -> str:
+    """The first path of DOT_PATHS, starting at the one $CHARRNN_INT8_DOT names if set, that
+    this CPU has."""
+    wanted = os.environ.get(DOT_PATH_ENV, "").strip().lower() or DOT_PATHS[0]
+    if wanted not in DOT_PATHS:
+        raise CharRNNError(f"{DOT_PATH_ENV}={wanted!r} is not a dot product path; use one of {', '.join(DOT_PATHS)}.")
+    have = cpu_dot_paths()
+    return next(path for path in DOT_PATHS[DOT_PATHS.index(wanted) :] if path in have)
+
+
+def _jit(fn, cache: bool = True):
     # cache: compiled code is kept beside this module (or in numba's per-user cache folder
     # when that is read-only), so only the first use on a machine pays the ~1 s compile.
-    return numba.njit(cache=True, fastmath=True, boundscheck=False, nogil=True)(fn)
+    return numba.njit(cache=cache, fastmath=True, boundscheck=False, nogil=True)(fn)
 
 
-def _dot_avx2_codegen(streams: int, lanes: int):
+def _dot_codegen(streams: int, lanes: int, vnni: bool):
     """Codegen of an intrinsic: sum(x_s[k] * q[k], k < n) for `streams` byte rows x_s (uint8,
     at most 127) starting at address args[0], args[1] bytes apart, against one int8 row q at
     args[2]; n = args[3] a multiple of 32 * lanes. Each 32-byte piece of q is loaded once for
-    every stream; streams * lanes 256-bit accumulators hide the multiply latency. Returns an
-    int32, or a tuple of `streams` int32."""
+    every stream; streams * lanes 256-bit accumulators hide the multiply latency. `vnni`:
+    one vpdpbusd per piece, else vpmaddubsw + vpmaddwd (exact alike: no int16 pair sum can
+    saturate, 2 * 127 * 127 < 2^15, and vpdpbusd does not saturate). Returns an int32, or a
+    tuple of `streams` int32."""
 
     def codegen(context, builder, signature, args):
         x_addr, x_stride, q_addr, n = args
@@ -88,6 +133,9 @@ def _dot_avx2_codegen(streams: int, lanes: int):
 
         maddubs = declare("llvm.x86.avx2.pmadd.ub.sw", v_i16, v_bytes, v_bytes)
         maddwd = declare("llvm.x86.avx2.pmadd.wd", v_i32, v_i16, v_i16)
+        # acc + four byte products per int32 lane; LLVM encodes it as AVX-VNNI where that is
+        # the CPU's form.
+        dpbusd = declare("llvm.x86.avx512.vpdpbusd.256", v_i32, v_i32, v_i32, v_i32)
         reduce = declare("llvm.vector.reduce.add.v8i32", i32, v_i32)
         ones = ir.Constant(v_i16, [1] * 16)
         x_vecs = [
@@ -108,10 +156,14 @@ def _dot_avx2_codegen(streams: int, lanes: int):
         for lane in range(lanes):
             at = builder.add(builder.mul(turn, ir.Constant(intp, lanes)), ir.Constant(intp, lane))
             q32 = builder.load(builder.gep(q_vec, [at]), align=1)
+            q_words = builder.bitcast(q32, v_i32)
             for s in range(streams):
                 x32 = builder.load(builder.gep(x_vecs[s], [at]), align=1)
-                pairs = builder.call(maddubs, [x32, q32])  # 16 x int16: x0 q0 + x1 q1, ...
-                sums[s][lane] = builder.add(accs[s][lane], builder.call(maddwd, [pairs, ones]))
+                if vnni:
+                    sums[s][lane] = builder.call(dpbusd, [accs[s][lane], builder.bitcast(x32, v_i32), q_words])
+                else:
+                    pairs = builder.call(maddubs, [x32, q32])  # 16 x int16: x0 q0 + x1 q1, ...
+                    sums[s][lane] = builder.add(accs[s][lane], builder.call(maddwd, [pairs, ones]))
         next_turn = builder.add(turn, ir.Constant(intp, 1))
         turn.add_incoming(ir.Constant(intp, 0), entry)
         turn.add_incoming(next_turn, loop)
@@ -142,7 +194,7 @@ def _dot_avx2_codegen(streams: int, lanes: int):
 
 def _dot_rows_plain(xu, b, q, start, stop, acc):  # pragma: no cover - compiled by numba
     """acc[0, r] = sum(xu[b, k] * q[r, k]) for start <= r < stop, for CPUs without AVX2 (the
-    same integers as the AVX2 loop, computed slower)."""
+    same integers as the SIMD loops, computed slower)."""
     for r in range(start, stop):
         total = np.int32(0)
         for k in range(q.shape[1]):
@@ -168,9 +220,27 @@ def _dot_rows4_avx2(xu, b, q, start, stop, acc):  # pragma: no cover - compiled 
         acc[0, r], acc[1, r], acc[2, r], acc[3, r] = _dot4_avx2(x_addr, xu.shape[1], q_addr + r * k_len, k_len)
 
 
+def _dot_rows_vnni(xu, b, q, start, stop, acc):  # pragma: no cover - compiled by numba
+    """As _dot_rows_avx2, through the VNNI intrinsic."""
+    k_len = q.shape[1]
+    x_addr = xu.ctypes.data + b * xu.shape[1]
+    q_addr = q.ctypes.data
+    for r in range(start, stop):
+        acc[0, r] = _dot1_vnni(x_addr, 0, q_addr + r * k_len, k_len)
+
+
+def _dot_rows4_vnni(xu, b, q, start, stop, acc):  # pragma: no cover - compiled by numba
+    """As _dot_rows4_avx2, through the VNNI intrinsic."""
+    k_len = q.shape[1]
+    x_addr = xu.ctypes.data + b * xu.shape[1]
+    q_addr = q.ctypes.data
+    for r in range(start, stop):
+        acc[0, r], acc[1, r], acc[2, r], acc[3, r] = _dot4_vnni(x_addr, xu.shape[1], q_addr + r * k_len, k_len)
+
+
 def _dot_rows4_plain(xu, b, q, start, stop, acc):  # pragma: no cover - compiled by numba
     for s in range(4):
-        _dot_rows(xu, b + s, q, start, stop, acc[s:])
+        _dot_rows_plain(xu, b + s, q, start, stop, acc[s:])
 
 
 def _qproduct(q, rowsum, scale, x1, x2, xu, acc, out):  # pragma: no cover - compiled by numba
@@ -288,27 +358,42 @@ def _gru_layer(
             h_out[b, j] = n + z * (h[b, j] - n)
 
 
+def _dot_intrinsic(streams: int, lanes: int, vnni: bool):
+    """The numba intrinsic of _dot_codegen: (x address, stride, q address, n) -> int32(s)."""
+    addrs = (numba.types.intp,) * 4
+    result = numba.types.int32 if streams == 1 else numba.types.UniTuple(numba.types.int32, streams)
+    return intrinsic(lambda typingctx, x, stride, q, n: (result(*addrs), _dot_codegen(streams, lanes, vnni)))
+
+
+DOT_PATH = "plain"  # the path this process's kernels use; set below, once
 if numba is not None:
-    if _has_avx2():
-        _ADDRS = (numba.types.intp,) * 4
-        _dot1_avx2 = intrinsic(lambda typingctx, x, stride, q, n: (numba.types.int32(*_ADDRS), _dot_avx2_codegen(1, 4)))
-        _dot4_avx2 = intrinsic(
-            lambda typingctx, x, stride, q, n: (
-                numba.types.UniTuple(numba.types.int32, 4)(*_ADDRS),
-                _dot_avx2_codegen(4, 2),
-            )
-        )
-        _dot_rows = _jit(_dot_rows_avx2)
-        _dot_rows4 = _jit(_dot_rows4_avx2)
-    else:
-        _dot_rows = _jit(_dot_rows_plain)
-        _dot_rows4 = _jit(_dot_rows4_plain)
-    _qproduct = _jit(_qproduct)
+    DOT_PATH = _choose_dot_path()
+    # Every path's row loops are defined (numba compiles each on its first call, and only the
+    # CPU's paths can be called: LLVM cannot emit an instruction the CPU lacks), so tests can
+    # compare them; the layers below call DOT_PATH's.
+    _dot_rows_plain = _jit(_dot_rows_plain)
+    _dot_rows4_plain = _jit(_dot_rows4_plain)
+    _dot1_avx2, _dot4_avx2 = _dot_intrinsic(1, 4, False), _dot_intrinsic(4, 2, False)
+    _dot_rows_avx2 = _jit(_dot_rows_avx2)
+    _dot_rows4_avx2 = _jit(_dot_rows4_avx2)
+    _dot1_vnni, _dot4_vnni = _dot_intrinsic(1, 4, True), _dot_intrinsic(4, 2, True)
+    _dot_rows_vnni = _jit(_dot_rows_vnni)
+    _dot_rows4_vnni = _jit(_dot_rows4_vnni)
+    _dot_rows, _dot_rows4 = {
+        "vnni": (_dot_rows_vnni, _dot_rows4_vnni),
+        "avx2": (_dot_rows_avx2, _dot_rows4_avx2),
+        "plain": (_dot_rows_plain, _dot_rows4_plain),
+    }[DOT_PATH]
+    # numba's cache keys a function on its code and the CPU, not on the row loop it calls:
+    # code compiled for a path other than the CPU's default is not cached, so that neither
+    # this process nor a later one loads the other path's code.
+    _cache = DOT_PATH == cpu_dot_paths()[0]
+    _qproduct = _jit(_qproduct, _cache)
     _tanh = _jit(_tanh)
     _sigmoid = _jit(_sigmoid)
-    _lstm_layer = _jit(_lstm_layer)
-    _rnn_layer = _jit(_rnn_layer)
-    _gru_layer = _jit(_gru_layer)
+    _lstm_layer = _jit(_lstm_layer, _cache)
+    _rnn_layer = _jit(_rnn_layer, _cache)
+    _gru_layer = _jit(_gru_layer, _cache)
 
 
 class Int8Dense:

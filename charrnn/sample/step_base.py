@@ -78,7 +78,7 @@ _skip_torch_function: Callable[[], contextlib.AbstractContextManager[object]] = 
 )
 
 
-def _int8_engine() -> str | None:
+def int8_engine() -> str | None:
     engine = torch.backends.quantized.engine
     if engine in _INT8_ENGINES and engine in torch.backends.quantized.supported_engines:
         return engine
@@ -93,7 +93,7 @@ def available_weight_modes(device: torch.device | str) -> list[str]:
     """The weight modes `build_stepper` accepts for a model on `device`."""
     kind = torch.device(device).type
     if kind == "cpu":
-        return ["fp32", "bf16"] + (["int8"] if _int8_engine() else [])
+        return ["fp32", "bf16"] + (["int8"] if int8_engine() else [])
     if kind == "cuda":
         return ["fp32", "bf16"]
     return ["fp32"]
