@@ -3,11 +3,11 @@
 `cells`, `inspect`, `gates` and `view` step wide LSTM layers one time step at a time
 (charrnn.neurons.layers.lstm_layer_activations), and almost all of that time is the recurrent
 matmul. In fp32 that matmul alone runs at the speed of the fused inference kernel, so the
-commands could at best match a forward pass. With int8 weights and activations (fbgemm, one
-scale per weight row, the activations quantized per call) the same product runs 3.6-4.9x
-faster on the AVX-512 VNNI development CPU for 16-256 streams, and bf16 2.2-2.8x (2-core AMD
-EPYC, 2026-12-05; `benchmarks/bench_inspect.py`). The activations then differ from the exact
-ones by about 0.01 (tested), far below what colours or correlations show.
+commands could at best match a forward pass. Int8 weights and activations (fbgemm, one scale
+per weight row, the activations quantized per call) or bf16 make the products several times
+faster where the CPU has the instructions (benchmarks/RESULTS.md, "Inspection throughput");
+the activations then differ from the exact ones by about 0.01 (tested), far below what
+colours or correlations show.
 
 `resolve_precision` turns the user's choice (`--precision`, default auto) into the one used:
 auto is bf16 on CPUs with AMX (bf16 tiles), else int8 where torch has an int8 engine, else

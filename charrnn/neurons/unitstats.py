@@ -189,7 +189,7 @@ class GateCounts:
     def add(self, chunk: Chunk) -> None:
         for kind in self.gates:
             value = chunk.acts[kind]  # (L, M, U)
-            # NumPy's count_nonzero: about 12x torch's sum of a boolean tensor over the middle dimension
+            # NumPy's count_nonzero, not torch's sum of a boolean tensor: much faster over the middle dimension
             self.left[kind] += np.count_nonzero(value < self.low, axis=1)
             self.right[kind] += np.count_nonzero(value > self.high, axis=1)
         self.n += len(chunk.pos)

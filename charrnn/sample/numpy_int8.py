@@ -16,9 +16,8 @@ the CPU has, chosen once per process and named by `DOT_PATH`:
 All three give the same integers, so the same samples. The environment variable
 CHARRNN_INT8_DOT=vnni|avx2|plain starts the choice at that path instead (tests
 and benchmarks compare paths with it); a path the CPU lacks falls back down the
-list. VNNI first: on the one CPU measured (AMD EPYC, Zen 4) it equals AVX2 at
-one stream, where the weights' bytes set the pace, and is 5-18 % faster at 64
-(benchmarks/RESULTS.md, "int8 weights on the NumPy engine").
+list. VNNI first: one instruction where AVX2 needs two, never slower where
+measured (benchmarks/RESULTS.md, "int8 weights on the NumPy engine").
 
 Activations are quantized per row of the input at each call: symmetric to
 -63..63, then shifted by 64 into 1..127 so that they fit the unsigned operand
