@@ -8,6 +8,11 @@ chose. Results go to a JSON file and a markdown table.
 
     python benchmarks/quality.py --budgets 100s,10m --json benchmarks/results/quality-cpu.json
     python benchmarks/quality.py --budgets 10m --variant "no dropout|--dropout 0 --weight-drop 0"
+    python benchmarks/quality.py --budgets 100s,10m --runs 3 --record benchmarks/RESULTS.md
+
+`--record` writes the median and spread of each (budget, variant) into the table between the
+QUALITY_BEGIN and QUALITY_END marks of that file, one row per machine class, budget and variant
+(a new run replaces its row, the other rows stay).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import math
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -103,6 +109,69 @@ def _shown_path(path: Path) -> str:
         return path.name
 
 
+QUALITY_BEGIN = "<!-- quality.py --record: begin -->"
+QUALITY_END = "<!-- quality.py --record: end -->"
+QUALITY_HEAD = [
+    "| machine | budget | variant | runs | median best val (nats/char) | spread | median steps | date (UTC) |",
+    "|---|---|---|---:|---:|---|---:|---|",
+]
+
+
+def machine_class() -> str:
+    """The CPU as the issues name it: model, cores, and the matrix instructions that matter here."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = " ".join(value.split())
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    if "amx_bf16" in flags:
+        isa = "AMX"
+    elif "avx512_bf16" in flags:
+        isa = "AVX-512 BF16, no AMX"
+    else:
+        isa = "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{name}, {os.cpu_count()} cores, {isa}"
+
+
+def summary_rows(rows: list[dict], machine: str, day: str) -> dict[tuple[str, str, str], str]:
+    """(machine, budget, variant) -> one table row: median and spread of the runs' best val."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        if "error" not in r:
+            groups.setdefault((r["budget"], r["variant"]), []).append(r)
+    table = {}
+    for (budget, variant), runs in groups.items():
+        vals = sorted(r["best_val"] for r in runs)
+        steps = sorted(r["steps"] or 0 for r in runs)
+        spread = f"{vals[0]:.4f}–{vals[-1]:.4f}" if len(vals) > 1 else "one run"
+        table[(machine, budget, variant)] = (
+            f"| {machine} | {budget} | {variant} | {len(vals)} | {statistics.median(vals):.4f} | {spread} | "
+            f"{statistics.median(steps):,.0f} | {day} |"
+        )
+    return table
+
+
+def record(path: Path, rows: list[dict], machine: str, day: str) -> None:
+    """Put the summary rows into the marked table of `path`, replacing rows of the same key."""
+    text = path.read_text(encoding="utf-8")
+    if QUALITY_BEGIN not in text or QUALITY_END not in text:
+        sys.exit(f"{path} has no {QUALITY_BEGIN} ... {QUALITY_END} block to record into")
+    head, rest = text.split(QUALITY_BEGIN, 1)
+    block, tail = rest.split(QUALITY_END, 1)
+    kept = {}
+    for line in block.strip().splitlines()[len(QUALITY_HEAD) :]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        kept[(cells[0], cells[1], cells[2])] = line
+    kept.update(summary_rows(rows, machine, day))
+    body = "\n".join(QUALITY_HEAD + [kept[k] for k in sorted(kept)])
+    path.write_text(f"{head}{QUALITY_BEGIN}\n{body}\n{QUALITY_END}{tail}", encoding="utf-8")
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| budget | variant | best val nats/char | bits/char | reached at | wall | epochs | stop | configuration |",
@@ -133,8 +202,10 @@ def main() -> None:
     )
     parser.add_argument("--no-defaults", action="store_true", help="run only the variants")
     parser.add_argument("--keep", type=Path, help="keep the run folders here (default: a temporary folder)")
+    parser.add_argument("--runs", type=int, default=1, help="runs of each budget and variant")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--record", type=Path, help="record medians in this file's marked table (RESULTS.md)")
     args = parser.parse_args()
     if not args.corpus.is_file():
         sys.exit(f"corpus {args.corpus} not found: pass --corpus (tiny-shakespeare is expected beside the project)")
@@ -144,7 +215,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = args.keep or Path(tmp) / "runs"
-        for budget in args.budgets.split(","):
+        for budget in [b for b in args.budgets.split(",") for _ in range(args.runs)]:
             for i, (label, flags) in enumerate(variants):
                 gflops = sgemm_gflops()
                 row = {
@@ -174,7 +245,7 @@ def main() -> None:
     report = {
         "benchmark": "quality",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": platform.processor() or platform.machine(),
+        "machine": machine_class(),
         "cpus": os.cpu_count(),
         "corpus": _shown_path(args.corpus),
         "rows": rows,
@@ -184,6 +255,8 @@ def main() -> None:
     table = markdown(rows)
     if args.markdown:
         args.markdown.write_text(table + "\n")
+    if args.record:
+        record(args.record, rows, report["machine"], report["date"][:10])
     print(table)
 
 

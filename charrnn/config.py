@@ -24,7 +24,9 @@ FORMAT_VERSION = 1
 # Every set of choices, declared once: the config fields and the command-line options use these
 # types (typer lists them in help, completes them and refuses others as usage errors), and the
 # tuples below are read off them.
-ModelKind = Literal["lstm", "gru", "rnn", "peephole-lstm", "gf-rnn", "gf-gru", "gf-lstm"]
+ModelKind = Literal[
+    "lstm", "gru", "rnn", "peephole-lstm", "gf-rnn", "gf-gru", "gf-lstm", "mlstm", "mogrifier-lstm", "ln-lstm"
+]
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DropoutMask = Literal["locked", "per-step"]  # locked: one mask per sequence (variational)
 Precision = Literal["fp32", "bf16"]
@@ -39,7 +41,7 @@ MODELS: tuple[str, ...] = get_args(ModelKind)
 # Recurrent kinds that use torch's cuDNN/oneDNN modules.
 FUSED_MODELS = MODELS[:3]
 # Kinds whose state is (h, c) rather than (h,).
-CELL_STATE_MODELS = ("lstm", "peephole-lstm", "gf-lstm")
+CELL_STATE_MODELS = ("lstm", "peephole-lstm", "gf-lstm", "mlstm", "mogrifier-lstm", "ln-lstm")
 DEVICES: tuple[str, ...] = get_args(DeviceName)
 DROPOUT_MASKS: tuple[str, ...] = get_args(DropoutMask)
 PRECISIONS: tuple[str, ...] = get_args(Precision)

@@ -26,6 +26,12 @@ TRAIN_BYTES_PER_PARAMETER = 16
 # Recurrent blocks of H rows: gates of the fused kinds; (unit blocks, own-layer gate blocks) of GF.
 _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 _GF_BLOCKS = {"gf-rnn": (1, 0), "gf-gru": (3, 2), "gf-lstm": (4, 3)}
+# Parameters of one layer of the kinds of charrnn.models.variants, by (input size I, hidden size H).
+_VARIANT_LAYER = {
+    "mlstm": lambda I, H: 5 * H * I + 4 * H + 5 * H * H,  # W_x and W_mx, gate bias, W_mh, W_m
+    "mogrifier-lstm": lambda I, H: 5 * H * I + 4 * H * (I + H + 1),  # Q and R (5 rounds), the LSTM's
+    "ln-lstm": lambda I, H: 4 * H * (I + H) + 3 * 4 * H + 2 * H,  # W, gains and bias of 4H, cell's norm
+}
 
 
 class TooLargeError(CharRNNError):
@@ -42,6 +48,9 @@ def parameter_count(cfg: ModelConfig) -> int:
         return total + G * (E + H + 2) + (L - 1) * G * (2 * H + 2)
     if cfg.model == "peephole-lstm":  # weight_ih, weight_hh, bias (4H rows), 3 peephole rows
         return total + 4 * H * (E + H + 1) + 3 * H + (L - 1) * (4 * H * (2 * H + 1) + 3 * H)
+    if cfg.model in _VARIANT_LAYER:  # see charrnn.models.variants
+        per_layer = _VARIANT_LAYER[cfg.model]
+        return total + per_layer(E, H) + (L - 1) * per_layer(H, H)
     units, own = _GF_BLOCKS[cfg.model]  # see charrnn.models.custom.GatedFeedbackStack
     K = units * H + L
     total += K * E + (L - 1) * H * K + L * K + L * H * (own * H + L * H + L * L)

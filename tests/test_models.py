@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from charrnn.config import MODELS, ModelConfig
-from charrnn.models import custom as recurrent
+from charrnn.models import scripted
 from charrnn.models.charrnn import CharRNN, FusedStack
 from charrnn.models.custom import GatedFeedbackStack, PeepholeLSTMStack
 
@@ -299,7 +299,7 @@ def test_no_warning_reaches_the_user() -> None:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        recurrent._script(double)
+        scripted.script(double)
         for kind in NEW_KINDS:
             stack = make(kind)
             out, _ = stack(torch.randn(B, 2, E, dtype=torch.float64), rand_state(kind))

@@ -294,6 +294,7 @@ def test_check_selection_errors() -> None:
     ("kind", "kinds"),
     [
         ("peephole-lstm", ["input", "forget", "output", "cell", "hidden"]),
+        ("mogrifier-lstm", ["input", "forget", "output", "cell", "hidden"]),
         ("gf-gru", ["reset", "update", "hidden", "feedback"]),
     ],
 )

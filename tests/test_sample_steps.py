@@ -27,7 +27,9 @@ from charrnn.sample.fast_step import (
 KINDS = ("lstm", "gru", "rnn")
 # Kinds of charrnn.models.custom, with their own hand-written steps.
 CUSTOM_KINDS = ("peephole-lstm", "gf-rnn", "gf-gru", "gf-lstm")
-ALL_KINDS = KINDS + CUSTOM_KINDS
+# Kinds of charrnn.models.variants.
+VARIANT_KINDS = ("mlstm", "mogrifier-lstm", "ln-lstm")
+ALL_KINDS = KINDS + CUSTOM_KINDS + VARIANT_KINDS
 VOCAB = 11
 LOW_PRECISION = [m for m in ("bf16", "int8") if m in available_weight_modes("cpu")]
 
@@ -132,6 +134,10 @@ def test_low_precision_close_and_deterministic(kind: str, weights: str) -> None:
     stepper = build_stepper(model, weights)
     got, got_state = step_through(stepper, x, state)
     tol = 0.02 if weights == "bf16" else 0.08
+    if kind == "ln-lstm" and weights == "int8":
+        # The layer norm divides the recurrent product by its own spread, small in an untrained
+        # model: the product's int8 rounding comes out larger.
+        tol = 0.25
     torch.testing.assert_close(got, want, atol=tol, rtol=0)
     assert_state_close(got_state, want_state, atol=tol)
     again, again_state = step_through(build_stepper(model, weights), x, state)

@@ -392,3 +392,20 @@ def test_time_budget_is_agreed_by_all_ranks(root: Path) -> None:
     assert [e["status"] for e in events if e["event"] == "end"] == ["done"]
     assert sum(e["event"] == "eval" for e in events) >= 2
     assert 1.0 <= load_checkpoint(run / "last.pt").progress["elapsed"] <= 4.0  # budget less the eval reserve
+
+
+def test_a_kind_with_its_own_time_loop_trains_on_two_ranks_as_on_one(tmp_path: Path) -> None:
+    """The stacks of charrnn.models.variants under DistributedDataParallel: the mogrifier, whose
+    every weight is used inside the scripted loop, equals its one-process run."""
+    (tmp_path / "tiny.txt").write_text(make_text(), encoding="utf-8")
+    args = ["train", str(tmp_path / "tiny.txt"), "--model", "mogrifier-lstm", *MODEL, "--max-steps", str(K), *RUN]
+    two = subprocess.run(
+        [sys.executable, "-m", "charrnn", *args, "--name", "two", "--nproc", "2"],
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert two.returncode == 0, two.stderr
+    assert invoke(tmp_path, *args, "--name", "one").exit_code == 0
+    assert_close_runs(tmp_path / "runs" / "one", tmp_path / "runs" / "two", ATOL)

@@ -5,7 +5,8 @@ The recurrent part is a "stack": any module with
 where `state` is a tuple of tensors, each (L, B, H): (h, c) for LSTM kinds,
 (h,) for the others. Kinds listed in `FUSED_MODELS` use one torch module per
 layer (cuDNN / oneDNN kernels); the other kinds use the stacks of
-charrnn.models.custom. `_stack_for` holds the one table kind -> stack class.
+charrnn.models.custom (peephole, gated feedback) and charrnn.models.variants (mlstm,
+mogrifier-lstm, ln-lstm). `_stack_for` holds the one table kind -> stack class.
 """
 
 from __future__ import annotations
@@ -17,32 +18,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from charrnn.config import ModelConfig
+from charrnn.models.dropout import SequenceDropout
 
 State = tuple[Tensor, ...]
 
 _TORCH_MODULES: dict[str, type[nn.Module]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
-
-
-class SequenceDropout(nn.Module):
-    """Dropout on (B, T, C) activations.
-
-    "locked" draws one mask per sequence and feature and keeps it for all T steps
-    (variational dropout, Gal & Ghahramani 2016; AWD-LSTM's LockedDropout), so a
-    dropped unit stays dropped through the recurrence; "per-step" is plain dropout.
-    """
-
-    def __init__(self, p: float, mask: str = "locked") -> None:
-        super().__init__()
-        self.p, self.locked = p, mask == "locked"
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0:
-            return x
-        if not self.locked:
-            return F.dropout(x, self.p, True)
-        keep = 1.0 - self.p
-        mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(keep).div_(keep)
-        return x * mask
 
 
 class FusedStack(nn.Module):
@@ -97,6 +77,10 @@ def _stack_for(cfg: ModelConfig) -> nn.Module:
     """The recurrent stack of `cfg.model`: the one table of model kind -> stack class."""
     if cfg.model in _TORCH_MODULES:
         return FusedStack(cfg)
+    if cfg.model in ("mlstm", "mogrifier-lstm", "ln-lstm"):
+        from charrnn.models.variants import VariantStack  # scripts its loops at import, as custom.py
+
+        return VariantStack(cfg)
     # Imported here, not at the top: custom.py compiles its time loops with TorchScript
     # when imported, which models of the fused kinds never need to pay for.
     from charrnn.models.custom import GatedFeedbackStack, PeepholeLSTMStack

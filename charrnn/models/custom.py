@@ -18,9 +18,7 @@ Gate and weight layout follows torch: LSTM rows i, f, g, o; GRU rows r, z, n wit
 h = (1 - z) n + z h(t-1). Input projections of all T steps are one matmul per layer
 where the input is known in advance (every peephole layer, the first GF layer; a GF
 layer above needs the layer below at the same step). The time loops are TorchScript
-functions, scripted at import and run with the graph executor's optimisation off: on
-CPU it has no fuser to offer, and its profiling pass would spend seconds re-optimising
-at each new shape or grad mode (training, evaluation, sampling one step at a time).
+functions (charrnn.models.scripted says how they are scripted and run).
 
 The file stays whole: the scripted loops and the stacks that call them share their
 gate layouts.
@@ -28,15 +26,13 @@ gate layouts.
 
 from __future__ import annotations
 
-import math
-import warnings
-from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from charrnn.config import ModelConfig
+from charrnn.models.scripted import script, uniform_
 
 State = tuple[Tensor, ...]
 Acts = dict[str, Tensor]
@@ -172,32 +168,8 @@ def _gf_loop(
     return out, h, c, torch.empty(0), torch.empty(0)
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _script(fn: F) -> F:
-    """TorchScript `fn`, or `fn` itself where scripting fails (e.g. no .py sources shipped).
-
-    torch >= 2.9 flags torch.jit as deprecated; users need not see that.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return cast(F, torch.jit.script(fn))
-        except (OSError, RuntimeError):
-            return fn
-
-
-peephole_loop = _script(_peephole_loop)
-gf_loop = _script(_gf_loop)
-
-
-def _uniform_(params: list[nn.Parameter], hidden_size: int) -> None:
-    """torch's RNN init: U(-1/sqrt(H), 1/sqrt(H)) for every weight and bias."""
-    bound = 1.0 / math.sqrt(hidden_size)
-    with torch.no_grad():
-        for p in params:
-            p.uniform_(-bound, bound)
+peephole_loop = script(_peephole_loop)
+gf_loop = script(_gf_loop)
 
 
 class PeepholeLayer(nn.Module):
@@ -210,7 +182,7 @@ class PeepholeLayer(nn.Module):
         self.weight_hh = nn.Parameter(torch.empty(4 * h, h))
         self.bias = nn.Parameter(torch.empty(4 * h))
         self.peephole = nn.Parameter(torch.empty(3, h))  # rows: i and f see c(t-1), o sees c(t)
-        _uniform_(list(self.parameters()), h)  # forget-gate bias included, as the fused LSTM
+        uniform_(list(self.parameters()), h)  # forget-gate bias included, as the fused LSTM
 
 
 class PeepholeLSTMStack(nn.Module):
@@ -283,7 +255,7 @@ class GatedFeedbackStack(nn.Module):
         self.weight_rec = nn.Parameter(torch.empty(L, H, _OWN_BLOCKS[self.kind] * H + L * H + L * L))
         if self.kind == _GRU:
             self.bias_hn = nn.Parameter(torch.empty(L, H))
-        _uniform_(list(self.parameters()), H)  # forget-gate bias included, as the fused LSTM
+        uniform_(list(self.parameters()), H)  # forget-gate bias included, as the fused LSTM
         self.dropout = cfg.dropout
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:

@@ -21,13 +21,18 @@ def _stepper_class(model: CharRNN) -> type[FastStepper] | None:
     """The hand-written step for `model`'s stack, or None."""
     if isinstance(model.stack, FusedStack):
         return FusedStepper
-    # A custom stack exists only once charrnn.models.custom is imported: no import here.
+    # A custom stack exists only once its module is imported: no import here.
     recurrent = sys.modules.get("charrnn.models.custom")
     name = type(model.stack).__name__
     if recurrent is not None and type(model.stack) is getattr(recurrent, name, None):
         from charrnn.sample import custom_step as fastpath_custom
 
         return fastpath_custom.STEPPERS.get(name)
+    cells = sys.modules.get("charrnn.models.variants")
+    if cells is not None and type(model.stack) is cells.VariantStack:
+        from charrnn.sample import variant_step
+
+        return variant_step.STEPPERS.get(model.cfg.model)
     return None
 
 

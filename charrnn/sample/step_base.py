@@ -1,7 +1,8 @@
 """What every fast one-character step shares: weight modes, the packed products, the base class.
 
 The steps themselves: charrnn.sample.fused_step (lstm, gru, rnn), charrnn.sample.custom_step
-(peephole-lstm, gf-*); charrnn.sample.fast_step picks one for a model.
+(peephole-lstm, gf-*), charrnn.sample.variant_step (mlstm, mogrifier-lstm, ln-lstm);
+charrnn.sample.fast_step picks one for a model.
 
 Sampling one stream reads every weight once per character, so the step is bound
 by memory traffic and by per-op overhead (microseconds per torch call from Python),
@@ -18,7 +19,8 @@ not by arithmetic. Every fast step therefore:
 - runs in inference mode with no autograd bookkeeping and no torch-function dispatch.
 
 Kinds: lstm, gru, rnn (`FusedStepper`); peephole-lstm and gf-rnn, gf-gru, gf-lstm
-(charrnn.sample.custom_step). Any other stack steps through
+(charrnn.sample.custom_step); mlstm, mogrifier-lstm, ln-lstm (charrnn.sample.variant_step).
+Any other stack steps through
 `model(x[:, None])` (`ModelStepper`, fp32 only).
 
 Weight modes (the head and the embedding table stay fp32 in every mode):

@@ -13,7 +13,7 @@ settings a user did not give on the command line:
   capped at `PARAMS_PER_TRAIN_CHAR` parameters per character of the train split
   so that a tiny corpus does not get a huge model;
 - BPTT length: the longest of 32, 64 (on a GPU also 128, 256) that leaves about
-  `MIN_STEPS` optimizer steps in the budget;
+  `MIN_STEPS` optimizer steps in the budget (`SHORT_MIN_STEPS` for a short CPU budget);
 - dropout and weight drop: from the number of passes over the data the budget
   allows (none while the model is under-fitted, up to 0.5 when it sees the text
   dozens of times), with early stopping as a guard;
@@ -66,7 +66,12 @@ BF16_CPU_BATCH = 64
 # shape's longest) that still leaves the budget about MIN_STEPS optimizer steps. Both the
 # context a gradient sees and the number of updates count, and about 900 steps was where the
 # longer length stopped paying (see benchmarks/RESULTS.md, "Planner calibration", BPTT length).
+# A short CPU budget trains a small model for two passes or so, where updates count more than
+# context: T=64 with 786-890 steps lost to T=32 at 100 s on both CPU classes, so budgets under
+# SHORT_BUDGET_S need SHORT_MIN_STEPS for the longer length.
 MIN_STEPS = 900
+SHORT_BUDGET_S = 300
+SHORT_MIN_STEPS = 1800
 MIN_SEQ = 32
 # Peak learning rate at a reference size (hidden, batch); it scales as 1/sqrt(hidden) and
 # batch^(1/4). The CPU reference is the best of a learning-rate sweep (see
@@ -230,7 +235,8 @@ def plan_run(
     dropout = _dropout_for(plan.expected_epochs, params / max(train_chars, 1))
     if "seq_len" not in given and budget and plan.chars_per_s:
         longest, seq = seq, MIN_SEQ
-        while 2 * seq <= longest and seen / (batch * 2 * seq) >= MIN_STEPS:
+        min_steps = SHORT_MIN_STEPS if kind == "cpu" and budget < SHORT_BUDGET_S else MIN_STEPS
+        while 2 * seq <= longest and seen / (batch * 2 * seq) >= min_steps:
             seq *= 2
         seq = min(seq, longest)
     base_lr, base_hidden, base_batch = LR[kind]
