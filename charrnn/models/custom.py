@@ -26,13 +26,11 @@ gate layouts.
 
 from __future__ import annotations
 
-from typing import cast
-
 import torch
 from torch import Tensor, nn
 
 from charrnn.config import ModelConfig
-from charrnn.models.scripted import script, uniform_
+from charrnn.models.scripted import LoopLSTMStack, script, uniform_
 
 State = tuple[Tensor, ...]
 Acts = dict[str, Tensor]
@@ -184,8 +182,12 @@ class PeepholeLayer(nn.Module):
         self.peephole = nn.Parameter(torch.empty(3, h))  # rows: i and f see c(t-1), o sees c(t)
         uniform_(list(self.parameters()), h)  # forget-gate bias included, as the fused LSTM
 
+    def run(self, x: Tensor, h: Tensor, c: Tensor, record: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        xw = torch.nn.functional.linear(x, self.weight_ih, self.bias)  # (B, T, 4H)
+        return peephole_loop(xw, self.weight_hh.t(), self.peephole, h, c, record)
 
-class PeepholeLSTMStack(nn.Module):
+
+class PeepholeLSTMStack(LoopLSTMStack):
     """Stacked peephole LSTM layers, dropout on the input of every layer after the first."""
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -193,37 +195,6 @@ class PeepholeLSTMStack(nn.Module):
         sizes = [cfg.embedding_size] + [cfg.hidden_size] * (cfg.num_layers - 1)
         self.layers = nn.ModuleList(PeepholeLayer(n, cfg.hidden_size) for n in sizes)
         self.drop = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x (B, T, E), state (h, c) each (L, B, H) -> out (B, T, H), new state."""
-        out, state, _ = self._run(x, state, record=False)
-        return out, state
-
-    def forward_with_activations(self, x: Tensor, state: State) -> tuple[Tensor, State, Acts]:
-        """As forward, plus {'input','forget','output','cell','hidden': (L, B, T, H)}."""
-        return self._run(x, state, record=True)
-
-    def _run(self, x: Tensor, state: State, record: bool) -> tuple[Tensor, State, Acts]:
-        hs, cs, acts = [], [], []
-        for i, module in enumerate(self.layers):
-            layer = cast(PeepholeLayer, module)
-            if i > 0:
-                x = self.drop(x)
-            xw = torch.nn.functional.linear(x, layer.weight_ih, layer.bias)  # (B, T, 4H)
-            with torch.jit.optimized_execution(False):
-                x, h, c, act = peephole_loop(xw, layer.weight_hh.t(), layer.peephole, state[0][i], state[1][i], record)
-            hs.append(h)
-            cs.append(c)
-            acts.append(act)
-        new_state = (torch.stack(hs), torch.stack(cs))
-        if not record:
-            return x, new_state, {}
-        names = _ACT_NAMES[_LSTM]  # each act is (5, B, T, H); stack layers -> (L, B, T, H)
-        return (
-            x,
-            new_state,
-            {name: torch.stack([a[n] for a in acts]) for n, name in enumerate(names)},
-        )
 
 
 class GatedFeedbackStack(nn.Module):

@@ -20,12 +20,10 @@ Input projections of all T steps are one matmul per layer where the input is kno
 advance (mlstm, ln-lstm); the mogrifier's input depends on h(t-1), so its layers step
 everything. The time loops are TorchScript functions (charrnn.models.scripted); each
 returns out (B, T, H), h, c (B, H) and, when recording, acts (5, B, T, H) in the order
-of LSTM_ACTS.
+of charrnn.models.scripted.LSTM_ACTS.
 """
 
 from __future__ import annotations
-
-from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -33,12 +31,11 @@ from torch import Tensor, nn
 
 from charrnn.config import ModelConfig
 from charrnn.models.dropout import SequenceDropout
-from charrnn.models.scripted import script, uniform_
+from charrnn.models.scripted import LoopLSTMStack, script, uniform_
 
 State = tuple[Tensor, ...]
 Acts = dict[str, Tensor]
 
-LSTM_ACTS = ("input", "forget", "output", "cell", "hidden")
 MOGRIFIER_ROUNDS = 5  # the paper's best on its character-level tasks
 LN_EPS = 1e-5  # written out in _ln_lstm_loop: TorchScript does not read module constants
 
@@ -184,7 +181,7 @@ class LNLSTMLayer(nn.Module):
 LAYERS: dict[str, type[nn.Module]] = {"mlstm": MLSTMLayer, "mogrifier-lstm": MogrifierLayer, "ln-lstm": LNLSTMLayer}
 
 
-class VariantStack(nn.Module):
+class VariantStack(LoopLSTMStack):
     """Stacked layers of one kind of LAYERS; dropout (cfg.dropout_mask) on every layer's input
     after the first, as the fused stack."""
 
@@ -194,27 +191,3 @@ class VariantStack(nn.Module):
         sizes = [cfg.embedding_size] + [cfg.hidden_size] * (cfg.num_layers - 1)
         self.layers = nn.ModuleList(layer(n, cfg.hidden_size) for n in sizes)
         self.drop = SequenceDropout(cfg.dropout, cfg.dropout_mask)
-
-    def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x (B, T, E), state (h, c) each (L, B, H) -> out (B, T, H), new state."""
-        out, state, _ = self._run(x, state, record=False)
-        return out, state
-
-    def forward_with_activations(self, x: Tensor, state: State) -> tuple[Tensor, State, Acts]:
-        """As forward, plus {'input','forget','output','cell','hidden': (L, B, T, H)}."""
-        return self._run(x, state, record=True)
-
-    def _run(self, x: Tensor, state: State, record: bool) -> tuple[Tensor, State, Acts]:
-        hs, cs, acts = [], [], []
-        for i, module in enumerate(self.layers):
-            if i > 0:
-                x = self.drop(x)
-            with torch.jit.optimized_execution(False):
-                x, h, c, act = cast(MLSTMLayer, module).run(x, state[0][i], state[1][i], record)
-            hs.append(h)
-            cs.append(c)
-            acts.append(act)
-        new_state = (torch.stack(hs), torch.stack(cs))
-        if not record:
-            return x, new_state, {}
-        return x, new_state, {name: torch.stack([a[n] for a in acts]) for n, name in enumerate(LSTM_ACTS)}
